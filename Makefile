@@ -1,0 +1,32 @@
+# Every target runs from a fresh clone: the virtual environment is created on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint format demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch comes first, pinned, so that no later resolution pulls another build.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check adaact_dist launch tests benchmarks
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check adaact_dist launch tests benchmarks
+	$(PY) -m ruff format --check adaact_dist launch tests benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format adaact_dist launch tests benchmarks
+	$(PY) -m ruff check --fix adaact_dist launch tests benchmarks
+
+demo: $(STAMP)
+	@echo "make demo arrives with the trainer (issue 5)"; exit 1
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
