@@ -1,0 +1,87 @@
+"""Per-feature sums of squared layer inputs, without im2col.
+
+A weight element of a convolution reads one input channel at one kernel offset. Its
+activation second moment is the mean of ``x**2`` over every (image, output position)
+patch that the convolution forms. Summing over the batch first leaves one image-sized
+tensor; the kernel offsets then pick strided windows of it. The only pass over the
+full input is that batch reduction: no patch matrix ever exists.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Conv2d.padding_mode -> F.pad mode.
+_PAD_MODES = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "replicate",
+    "circular": "circular",
+}
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precisions (fp16 squares overflow above 256), float64 kept as is."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _sum_of_squares(x: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+    """Sum of ``x**2`` over ``dim``, accumulated in float32 or better."""
+    norm = torch.linalg.vector_norm(x, ord=2, dim=dim, dtype=accumulation_dtype(x.dtype))
+    return norm.square_()
+
+
+def linear_input_sum_sq(x: Tensor) -> tuple[Tensor, int]:
+    """Sum of squares per input feature of a Linear input of shape ``(..., d_in)``.
+
+    Every leading index is a sample (ViT tokens are samples). Returns the ``(d_in,)``
+    sum and the number of samples.
+    """
+    d_in = x.shape[-1]
+    flat = x.reshape(-1, d_in)
+    return _sum_of_squares(flat, 0), flat.shape[0]
+
+
+def _conv2d_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
+    """Padding as ``(left, right, top, bottom)``, the order of ``F.pad``."""
+    if module.padding == "valid":
+        return 0, 0, 0, 0
+    if module.padding == "same":
+        pads = []
+        for dilation, kernel in zip(module.dilation[::-1], module.kernel_size[::-1]):
+            total = dilation * (kernel - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)  # type: ignore[return-value]
+    pad_h, pad_w = module.padding
+    return pad_w, pad_w, pad_h, pad_h
+
+
+def conv2d_input_sum_sq(module: nn.Conv2d, x: Tensor) -> tuple[Tensor, int]:
+    """Sum of squares per weight input feature ``(C_in, kh, kw)`` of a Conv2d input.
+
+    Honours stride, dilation, every padding mode (padding copies values, so squaring
+    and summing over the batch commute with it) and string padding. Groups need no
+    special case here: channel ``c`` of the result is input channel ``c``, which the
+    caller splits into groups. Returns the sum and the number of patches.
+    """
+    if x.dim() == 3:  # unbatched input
+        x = x.unsqueeze(0)
+    batch = x.shape[0]
+    image = _sum_of_squares(x, 0).unsqueeze(0)  # (1, C, H, W): the one full pass
+    pad = _conv2d_padding(module)
+    if any(pad):
+        image = F.pad(image, pad, mode=_PAD_MODES[module.padding_mode])
+    image = image[0].contiguous()
+    channels, height, width = image.shape
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    out_h = (height - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width - dw * (kw - 1) - 1) // sw + 1
+    # Windows over rows: for kernel row i, rows i*dh + sh*p for p < out_h.
+    rows = image.as_strided(
+        (channels, kh, out_h, width), (height * width, dh * width, sh * width, 1)
+    ).sum(2)
+    # Then over columns of that (C, kh, W) result.
+    sums = rows.as_strided((channels, kh, kw, out_w), (kh * width, width, dw, sw)).sum(3)
+    return sums, batch * out_h * out_w

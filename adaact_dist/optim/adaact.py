@@ -1,0 +1,340 @@
+"""AdaAct: Adam-like steps scaled by the second moment of each layer's input activations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from adaact_dist.optim import _state_keys as keys
+from adaact_dist.optim._functional import adaact, fold_statistics, refresh_preconditioner, sgd
+from adaact_dist.optim._layers import PreconditionedLayer, find_layers, unwrap_model
+
+OTHER_RULES = ("sgd", "sgd_momentum")
+
+
+class StatsDistributor(Protocol):
+    """Averages the flat activation statistics across data-parallel ranks, in place."""
+
+    def average_(self, flat: Tensor) -> None: ...
+
+
+class AdaAct(Optimizer):
+    r"""AdaAct (Seung, Lee, Ko, ICDM Workshops 2024).
+
+    "An Adaptive Method Stabilizing Activations for Enhanced Generalization". Adam
+    divides by the running second moment of the gradient; AdaAct divides by that of
+    the layer's input activations, per input feature, so every weight that reads one
+    feature shares one step size. For each ``nn.Linear`` / ``nn.Conv2d`` in ``model``
+    whose weight is optimised, with ``a`` the (bias-augmented) input and ``t`` the step:
+
+    .. math::
+        A_t &= \operatorname{mean}_{\text{samples}}(a \odot a), \qquad
+        V_t = \beta_2 V_{t-1} + (1 - \beta_2) A_t, \qquad
+        D_t = 1 / \bigl(\sqrt{V_t / (1 - \beta_2^t)} + \epsilon\bigr) \\
+        M_t &= \beta_1 M_{t-1} + (1 - \beta_1) G_t, \qquad
+        W \leftarrow W (1 - \eta \lambda) - \eta \, \frac{M_t}{1 - \beta_1^t} \, D_t
+
+    where ``D_t`` broadcasts along the rows of ``W`` viewed as ``(d_out, d_in)``. A
+    convolution's samples are its (image, output position) patches; groups, stride,
+    padding and dilation are honoured without forming patches. Other parameters (norms,
+    embeddings) follow ``other_rule``: plain SGD with decoupled weight decay, as in the
+    paper's code, or SGD with momentum.
+
+    Statistics come from forward pre-hooks, only in training mode with gradients
+    enabled; every call of a module counts (weight sharing, gradient accumulation), and
+    they are folded into ``V`` once per ``step()``. ``zero_grad()`` also drops the
+    pending statistics, so a step skipped by a gradient scaler leaves no trace. ``V`` is
+    averaged over data-parallel ranks through ``distributor`` every ``stats_sync_every``
+    steps (starting with the first), and ``D`` is recomputed then and frozen until the
+    next sync, which keeps replicas identical.
+
+    Args:
+        params: tensors or parameter-group dicts to optimise (per-group ``lr``,
+            ``betas``, ``eps``, ``weight_decay`` are honoured).
+        model: the module that owns ``params``; may be wrapped in DDP, DeepSpeed or
+            ``torch.compile``. Its hooked layers are keyed by module path in checkpoints.
+        lr: learning rate :math:`\eta`.
+        betas: :math:`(\beta_1, \beta_2)` for the momentum and the activation EMA.
+        eps: added to :math:`\sqrt{\hat V}`.
+        weight_decay: decoupled weight decay :math:`\lambda`.
+        stats_sync_every: refresh ``D`` (and average ``V`` across ranks) every k steps.
+        distributor: averages the flat ``V`` across ranks; ``None`` for one process.
+        other_rule: ``"sgd"`` (the paper's) or ``"sgd_momentum"`` for parameters that
+            are not preconditioned.
+        other_momentum: momentum of ``"sgd_momentum"``.
+        foreach: use multi-tensor kernels; ``None`` picks them (they are faster on both
+            CPU and GPU, see ``benchmarks/optimizer_core.md``).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        model: nn.Module,
+        lr: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        stats_sync_every: int = 1,
+        distributor: StatsDistributor | None = None,
+        other_rule: str = "sgd",
+        other_momentum: float = 0.9,
+        foreach: bool | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"Invalid model={type(model).__name__}: must be the nn.Module that owns the "
+                "parameters, e.g. AdaAct(model.parameters(), model=model)"
+            )
+        _check_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        if not isinstance(stats_sync_every, int) or stats_sync_every < 1:
+            raise ValueError(f"Invalid stats_sync_every={stats_sync_every!r}: must be an int >= 1")
+        if other_rule not in OTHER_RULES:
+            raise ValueError(f"Invalid other_rule={other_rule!r}: must be one of {OTHER_RULES}")
+        if not 0.0 <= other_momentum < 1.0:
+            raise ValueError(f"Invalid other_momentum={other_momentum!r}: must be in [0, 1)")
+        if foreach not in (None, True, False):
+            raise ValueError(f"Invalid foreach={foreach!r}: must be None, True or False")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            _check_hyperparameters(**{k: group[k] for k in defaults})
+
+        params_in_groups = [p for group in self.param_groups for p in group["params"]]
+        model_params = {id(p) for p in unwrap_model(model).parameters()}
+        foreign = [tuple(p.shape) for p in params_in_groups if id(p) not in model_params]
+        if foreign:
+            raise ValueError(
+                f"{len(foreign)} parameter(s) given to AdaAct are not parameters of `model` "
+                f"(shapes {foreign[:5]}): pass the model that owns them"
+            )
+        self._table = find_layers(model, params_in_groups)
+        if not self._table.layers:
+            raise ValueError(
+                "AdaAct found no nn.Linear or nn.Conv2d among the parameters given: it "
+                "preconditions those layers' weights; use another optimizer for this model"
+            )
+        group_of = {id(p): i for i, group in enumerate(self.param_groups) for p in group["params"]}
+        self._layer_group = [group_of[id(layer.weight)] for layer in self._table.layers]
+        self._roles: dict[int, tuple[str, PreconditionedLayer | None]] = {}
+        for layer in self._table.layers:
+            self._roles[id(layer.weight)] = ("weight", layer)
+            if layer.bias is not None and id(layer.bias) in group_of:
+                self._roles[id(layer.bias)] = ("bias", layer)
+        self.stats_sync_every = stats_sync_every
+        self.distributor = distributor
+        self.other_rule = other_rule
+        self.other_momentum = other_momentum
+        self.foreach = True if foreach is None else foreach
+        self._stats_step = 0
+        self._table.register_hooks()
+        self.register_state_dict_post_hook(_save_statistics)
+        self.register_load_state_dict_pre_hook(_load_statistics)
+
+    @property
+    def layers(self) -> list[PreconditionedLayer]:
+        """The preconditioned layers, in model order."""
+        return self._table.layers
+
+    def remove_hooks(self) -> None:
+        """Stop collecting statistics (the optimizer cannot step afterwards)."""
+        self._table.remove_hooks()
+
+    def activation_second_moments(self) -> dict[str, Tensor]:
+        """Each layer's running ``V`` per input feature (a copy), keyed by module path."""
+        return {
+            layer.name: layer.second_moment.view(layer.feature_shape).clone()
+            for layer in self.layers
+        }
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear gradients and the statistics gathered for them."""
+        super().zero_grad(set_to_none)
+        self._table.clear_pending()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.update_preconditioner()
+        for group in self.param_groups:
+            self._update_group(group)
+        return loss
+
+    @torch.no_grad()
+    def update_preconditioner(self) -> None:
+        """Fold this step's statistics into ``V``; on a sync step average ``V`` and refresh ``D``.
+
+        ``step()`` calls this once. Engines that call ``step()`` once per parameter group
+        call it themselves first.
+        """
+        layers = self.layers
+        starved = [
+            layer.name
+            for layer in layers
+            if layer.weight.grad is not None and layer.pending_count == 0
+        ]
+        if starved:
+            raise RuntimeError(
+                f"AdaAct.step(): {len(starved)} layer(s) have gradients but no activation "
+                f"statistics since the last step (e.g. {starved[:3]}). Run the forward pass "
+                "with model.train() and gradients enabled (not under torch.no_grad() or "
+                "inference_mode), and call zero_grad() before that forward, not between "
+                "forward and step()."
+            )
+        folded = [i for i, layer in enumerate(layers) if layer.pending_count > 0]
+        if not folded:
+            return
+        for beta2, members in self._by_group_value(folded, lambda g: g["betas"][1]):
+            fold_statistics(
+                [layers[i].second_moment for i in members],
+                [layers[i].pending_sum for i in members],
+                [layers[i].pending_count for i in members],
+                beta2=beta2,
+            )
+        for i in folded:
+            layers[i].step += 1
+        self._table.clear_pending()
+        self._stats_step += 1
+        if (self._stats_step - 1) % self.stats_sync_every == 0:
+            self._sync_and_refresh()
+
+    def _sync_and_refresh(self) -> None:
+        if self.distributor is not None:
+            self.distributor.average_(self._table.second_moment)
+        live = [i for i, layer in enumerate(self.layers) if layer.step > 0]
+        key = lambda g: (g["betas"][1], g["eps"])  # noqa: E731
+        for (beta2, eps), members in self._by_group_value(live, key):
+            refresh_preconditioner(
+                [self.layers[i].second_moment for i in members],
+                [self.layers[i].precond for i in members],
+                [self.layers[i].step for i in members],
+                beta2=beta2,
+                eps=eps,
+            )
+
+    def _by_group_value(self, indices, value_of):
+        """Split layer indices by a hyperparameter of their group, for foreach calls."""
+        buckets: dict[Any, list[int]] = {}
+        for i in indices:
+            buckets.setdefault(value_of(self.param_groups[self._layer_group[i]]), []).append(i)
+        return buckets.items()
+
+    def _update_group(self, group: dict[str, Any]) -> None:
+        beta1 = group["betas"][0]
+        lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
+        params, grads, exp_avgs, preconds, steps = [], [], [], [], []
+        others, other_grads, other_buffers = [], [], []
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError("AdaAct does not support sparse gradients")
+            role, layer = self._roles.get(id(param), ("other", None))
+            state = self.state[param]
+            if role == "other":
+                others.append(param)
+                other_grads.append(param.grad)
+                if self.other_rule == "sgd_momentum":
+                    if keys.MOMENTUM_BUFFER not in state:
+                        state[keys.MOMENTUM_BUFFER] = torch.zeros_like(param)
+                    other_buffers.append(state[keys.MOMENTUM_BUFFER])
+                continue
+            if not state:
+                state[keys.STEP] = torch.tensor(0.0)
+                state[keys.EXP_AVG] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state[keys.STEP] += 1
+            steps.append(int(state[keys.STEP].item()))
+            if role == "weight":
+                rows = (layer.groups, -1)
+                params.append(param.unflatten(0, rows))
+                grads.append(param.grad.unflatten(0, rows))
+                exp_avgs.append(state[keys.EXP_AVG].unflatten(0, rows))
+                preconds.append(layer.precond_for_weight())
+            else:  # the bias column reads a constant 1: V-hat is exactly 1
+                params.append(param)
+                grads.append(param.grad)
+                exp_avgs.append(state[keys.EXP_AVG])
+                constant = torch.full((), 1.0 / (1.0 + eps), dtype=param.dtype, device=param.device)
+                preconds.append(constant.expand_as(param))
+        adaact(
+            params,
+            grads,
+            exp_avgs,
+            preconds,
+            steps,
+            lr=lr,
+            beta1=beta1,
+            weight_decay=weight_decay,
+            foreach=self.foreach,
+        )
+        sgd(
+            others,
+            other_grads,
+            other_buffers,
+            lr=lr,
+            momentum=self.other_momentum if self.other_rule == "sgd_momentum" else 0.0,
+            weight_decay=weight_decay,
+            foreach=self.foreach,
+        )
+
+
+def _check_hyperparameters(*, lr, betas, eps, weight_decay) -> None:
+    if not isinstance(lr, (float, int, Tensor)) or lr < 0.0:
+        raise ValueError(f"Invalid lr={lr!r}: must be a number >= 0")
+    if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
+        raise ValueError(f"Invalid betas={betas!r}: must be two numbers in [0, 1)")
+    if not eps > 0.0:
+        raise ValueError(f"Invalid eps={eps!r}: must be > 0")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"Invalid weight_decay={weight_decay!r}: must be >= 0")
+
+
+def _save_statistics(optimizer: AdaAct, state_dict: dict[str, Any]) -> dict[str, Any]:
+    state_dict[keys.ACTIVATION_STATS] = {
+        keys.SYNC_STEP: optimizer._stats_step,
+        keys.LAYERS: {
+            layer.name: {
+                keys.SECOND_MOMENT: layer.second_moment.detach().clone(),
+                keys.PRECOND: layer.precond.detach().clone(),
+                keys.LAYER_STEP: layer.step,
+            }
+            for layer in optimizer.layers
+        },
+    }
+    return state_dict
+
+
+def _load_statistics(optimizer: AdaAct, state_dict: dict[str, Any]) -> dict[str, Any]:
+    stats = state_dict.pop(keys.ACTIVATION_STATS, None)
+    if stats is None:
+        raise ValueError(
+            "This optimizer state dict has no AdaAct activation statistics "
+            f"({keys.ACTIVATION_STATS!r}): it was not saved by AdaAct.state_dict()"
+        )
+    saved, ours = stats[keys.LAYERS], {layer.name: layer for layer in optimizer.layers}
+    if saved.keys() != ours.keys():
+        missing, extra = sorted(ours.keys() - saved.keys()), sorted(saved.keys() - ours.keys())
+        raise ValueError(
+            f"AdaAct checkpoint layers do not match the model: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}; load it into the same architecture"
+        )
+    for name, entry in saved.items():
+        layer = ours[name]
+        if entry[keys.SECOND_MOMENT].numel() != layer.numel:
+            raise ValueError(
+                f"AdaAct checkpoint layer {name!r} has {entry[keys.SECOND_MOMENT].numel()} "
+                f"features, the model's has {layer.numel}"
+            )
+        layer.second_moment.copy_(entry[keys.SECOND_MOMENT].view(-1))
+        layer.precond.copy_(entry[keys.PRECOND].view(-1))
+        layer.step = int(entry[keys.LAYER_STEP])
+    optimizer._stats_step = int(stats[keys.SYNC_STEP])
+    optimizer._table.clear_pending()
+    return state_dict
