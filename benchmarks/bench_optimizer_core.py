@@ -1,0 +1,215 @@
+"""AdaAct core on CPU: hook overhead, step time and state size against SGD and AdamW.
+
+    .venv/bin/python benchmarks/bench_optimizer_core.py --out benchmarks/optimizer_core.md
+
+Every comparison is interleaved within one run (the machines are noisy) and reported
+as the median of ``--repeats`` measurements. The "unfold" row reproduces how the
+published AdaAct code takes convolution statistics (im2col patches), as the anchor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaact_dist import AdaAct
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
+        )
+    except (OSError, StopIteration, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+
+
+def unfold_hooks(model: nn.Module) -> list:
+    """Statistics the published way: im2col patches for every convolution."""
+
+    def hook(module, args):
+        x = args[0].detach()
+        if isinstance(module, nn.Conv2d):
+            patches = F.unfold(
+                x, module.kernel_size, module.dilation, module.padding, module.stride
+            )
+            (patches**2).sum(dim=(0, 2))
+        else:
+            (x.reshape(-1, x.shape[-1]) ** 2).sum(0)
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [m.register_forward_pre_hook(hook) for m in layers]
+
+
+def seconds(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_forward_backward(model, x, repeats: int) -> dict[str, float]:
+    """Median fwd+bwd seconds with no hooks, AdaAct's hooks, and unfold hooks, interleaved."""
+    optimizer = AdaAct(model.parameters(), model=model)
+    optimizer.remove_hooks()
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        model(x).float().mean().backward()
+
+    def with_adaact():
+        optimizer._table.register_hooks()
+        try:
+            run()
+        finally:
+            optimizer._table.remove_hooks()
+            optimizer._table.clear_pending()
+
+    def with_unfold():
+        handles = unfold_hooks(model)
+        try:
+            run()
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    variants = {"no hooks": run, "AdaAct hooks": with_adaact, "unfold hooks": with_unfold}
+    for fn in variants.values():  # warm-up
+        fn()
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(seconds(fn))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    total = sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if torch.is_tensor(t)
+    )
+    if isinstance(optimizer, AdaAct):
+        table = optimizer._table
+        total += sum(
+            b.numel() * b.element_size()
+            for b in (table.second_moment, table.precond, table.pending_sum)
+        )
+    return total
+
+
+def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Median ``optimizer.step()`` seconds and state bytes for AdaAct, SGD, AdamW (foreach)."""
+
+    def groups():
+        return timm.optim.param_groups_weight_decay(model, weight_decay=1e-4)
+
+    adaact = AdaAct(groups(), model=model, lr=1e-3)
+    adaact_loop = AdaAct(groups(), model=model, lr=1e-3, foreach=False)
+    adaact_loop.remove_hooks()
+    sgd = torch.optim.SGD(groups(), lr=1e-3, momentum=0.9, foreach=True)
+    adamw = torch.optim.AdamW(groups(), lr=1e-3, foreach=True)
+    model.zero_grad(set_to_none=True)
+    model(x).float().mean().backward()
+    pending = adaact._table.pending_sum.clone()
+    counts = [layer.pending_count for layer in adaact.layers]
+
+    def adaact_step(optimizer):
+        def fn():
+            optimizer._table.pending_sum.copy_(pending)
+            for layer, count in zip(optimizer.layers, counts):
+                layer.pending_count = count
+            start = time.perf_counter()
+            optimizer.step()
+            return time.perf_counter() - start
+
+        return fn
+
+    def timed(optimizer):
+        def fn():
+            start = time.perf_counter()
+            optimizer.step()
+            return time.perf_counter() - start
+
+        return fn
+
+    variants = {
+        "AdaAct": adaact_step(adaact),
+        "AdaAct for-loop": adaact_step(adaact_loop),
+        "SGD momentum": timed(sgd),
+        "AdamW": timed(adamw),
+    }
+    with torch.no_grad():
+        snapshot = [p.detach().clone() for p in model.parameters()]
+    for fn in variants.values():
+        fn()
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    with torch.no_grad():
+        for p, saved in zip(model.parameters(), snapshot):
+            p.copy_(saved)
+    adaact.remove_hooks()
+    sizes = {"AdaAct": state_bytes(adaact), "AdamW": state_bytes(adamw)}
+    sizes["SGD momentum"] = state_bytes(sgd)
+    return {name: statistics.median(v) for name, v in times.items()}, sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--step-repeats", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", default=None, help="write the Markdown table here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    lines = [
+        f"Machine: {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
+        f"batch {args.batch}, fp32, medians of {args.repeats} (fwd+bwd) / "
+        f"{args.step_repeats} (step) interleaved repetitions.",
+        "",
+        "| model | fwd+bwd no hooks (s) | AdaAct hooks | unfold hooks | step AdaAct (ms) "
+        "| step for-loop | step SGD-m | step AdamW | AdaAct/SGD | AdaAct/AdamW "
+        "| state AdaAct/AdamW |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("resnet50", "vit_small_patch16_224"):
+        model = timm.create_model(name, num_classes=1000).train()
+        x = torch.randn(args.batch, 3, 224, 224)
+        fb = bench_forward_backward(model, x, args.repeats)
+        step, sizes = bench_step(model, x, args.step_repeats)
+        base = fb["no hooks"]
+        row = (
+            f"| {name} | {base:.3f} | {fb['AdaAct hooks'] / base:.3f}x "
+            f"| {fb['unfold hooks'] / base:.3f}x | {step['AdaAct'] * 1e3:.1f} "
+            f"| {step['AdaAct for-loop'] * 1e3:.1f} "
+            f"| {step['SGD momentum'] * 1e3:.1f} | {step['AdamW'] * 1e3:.1f} "
+            f"| {step['AdaAct'] / step['SGD momentum']:.2f}x "
+            f"| {step['AdaAct'] / step['AdamW']:.2f}x "
+            f"| {sizes['AdaAct'] / sizes['AdamW']:.3f}x "
+            f"({sizes['AdaAct'] / 2**20:.1f} / {sizes['AdamW'] / 2**20:.1f} MiB) |"
+        )
+        print(row, flush=True)
+        lines.append(row)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
