@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SOURCES := $(wildcard adaact_dist launch tests benchmarks)
 
 .PHONY: test lint format demo clean
 
@@ -14,16 +15,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check adaact_dist launch tests benchmarks
+	$(PY) -m ruff check $(SOURCES)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check adaact_dist launch tests benchmarks
-	$(PY) -m ruff format --check adaact_dist launch tests benchmarks
+	$(PY) -m ruff check $(SOURCES)
+	$(PY) -m ruff format --check $(SOURCES)
 
 format: $(STAMP)
-	$(PY) -m ruff format adaact_dist launch tests benchmarks
-	$(PY) -m ruff check --fix adaact_dist launch tests benchmarks
+	$(PY) -m ruff format $(SOURCES)
+	$(PY) -m ruff check --fix $(SOURCES)
 
 demo: $(STAMP)
 	@echo "make demo arrives with the trainer (issue 5)"; exit 1
