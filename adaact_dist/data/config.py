@@ -1,0 +1,120 @@
+"""Validated options of :func:`adaact_dist.data.create_loader`, shared by both backends."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "LoaderConfig"]
+
+BACKENDS = ("wds", "dali")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass(kw_only=True)
+class LoaderConfig:
+    """Everything a loader needs; ``None`` fields take their default from ``split``."""
+
+    backend: str
+    """``"wds"`` (webdataset + timm transforms) or ``"dali"`` (NVIDIA DALI pipeline)."""
+    split: str
+    """Split name; ``"train"`` selects training augmentation, shuffling and ``drop_last``."""
+    shards: str | os.PathLike | Sequence[str | os.PathLike]
+    """Data set root, split directory, manifest, brace pattern or list of tar files."""
+    batch_size: int
+    """Samples per batch on this rank."""
+    rank: int = 0
+    """This process's rank."""
+    world_size: int = 1
+    """Number of ranks reading the split."""
+    image_size: int = 224
+    """Output height and width."""
+    crop_pct: float = 0.95
+    """Evaluation: resize the shorter side to ``floor(image_size / crop_pct)``, then crop."""
+    scale: tuple[float, float] = (0.08, 1.0)
+    """RandomResizedCrop area range."""
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """RandomResizedCrop aspect-ratio range."""
+    hflip: float = 0.5
+    """Horizontal flip probability (training)."""
+    auto_augment: str | None = "rand-m7-mstd0.5-inc1"
+    """timm RandAugment string (training); ``None`` for none."""
+    train_interpolation: str = "random"
+    """Training resize: ``random`` (bilinear or bicubic per image, timm's default), ``bilinear``
+    or ``bicubic``."""
+    interpolation: str = "bicubic"
+    """Evaluation resize interpolation."""
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    """Normalisation mean (0-1 scale)."""
+    std: tuple[float, ...] = IMAGENET_STD
+    """Normalisation std (0-1 scale)."""
+    num_workers: int = 4
+    """wds: DataLoader worker processes; dali: pipeline CPU threads."""
+    seed: int = 0
+    """Seed of the shard order, shuffle buffers and augmentation, mixed with the epoch."""
+    channels_last: bool = False
+    """Return NCHW-shaped tensors in channels-last memory format."""
+    device: torch.device | str = "cpu"
+    """Where batches are delivered (and where DALI decodes: ``cuda`` -> "mixed" decoding)."""
+    is_training: bool | None = None
+    """Augment; default ``split == "train"``."""
+    shuffle: bool | None = None
+    """Shuffle shard order and samples each epoch; default ``split == "train"``."""
+    drop_last: bool | None = None
+    """Equal full batches on every rank (some samples dropped); default ``split == "train"``.
+    Without it each sample is yielded exactly once over all ranks, the last batch may be short
+    and ranks may differ by one batch."""
+    strict: bool = False
+    """Make a bad sample (undecodable image, missing or invalid label) fatal."""
+    shuffle_buffer: int = 1024
+    """Encoded samples held per worker (wds) or per pipeline (dali) for shuffling (1,024: DALI's
+    default; about 110 MB of ImageNet JPEGs per worker)."""
+    prefetch: int = 2
+    """Batches prefetched per worker (wds) or queued by the pipeline (dali)."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Invalid backend={self.backend!r}: must be one of {BACKENDS}")
+        for name in ("batch_size", "world_size", "image_size", "shuffle_buffer", "prefetch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Invalid {name}={value!r}: must be a positive integer")
+        if not isinstance(self.rank, int) or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"Invalid rank={self.rank!r}: must be in [0, {self.world_size})")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"Invalid num_workers={self.num_workers!r}: must be >= 0")
+        if self.backend == "dali" and self.num_workers < 1:
+            raise ValueError(f"Invalid num_workers={self.num_workers}: DALI needs >= 1 thread")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"Invalid crop_pct={self.crop_pct!r}: must be in (0, 1]")
+        if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"Invalid scale={self.scale!r}: must be 0 < low <= high <= 1")
+        if not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"Invalid ratio={self.ratio!r}: must be 0 < low <= high")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"Invalid hflip={self.hflip!r}: must be in [0, 1]")
+        if self.train_interpolation not in (*_INTERPOLATIONS, "random"):
+            raise ValueError(
+                f"Invalid train_interpolation={self.train_interpolation!r}: must be one of "
+                f"{(*_INTERPOLATIONS, 'random')}"
+            )
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"Invalid interpolation={self.interpolation!r}: must be one of {_INTERPOLATIONS}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(
+                f"Invalid mean={self.mean!r}/std={self.std!r}: need 3 values each, std > 0"
+            )
+        self.device = torch.device(self.device)
+        if self.is_training is None:
+            self.is_training = self.split == "train"
+        if self.shuffle is None:
+            self.shuffle = self.split == "train"
+        if self.drop_last is None:
+            self.drop_last = self.split == "train"

@@ -1,0 +1,110 @@
+"""The embedded demo data set: scikit-learn's handwritten digits as webdataset shards.
+
+1,797 real 8x8 greyscale images of 10 classes ship inside scikit-learn, so the demo config and
+the tests run anywhere without downloading anything. On first use they are upscaled to
+``image_size`` RGB, split (stratified, seeded) into train and val, and written through the same
+shard writer as ImageNet (PNG in, RGB JPEG out); later calls find the finished copy and return at
+once. Concurrent callers (several ranks of one job) wait on a file lock and then share it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["default_cache_dir", "ensure_digits_shards"]
+
+_VERSION = 1
+_DONE = ".complete"
+
+
+def default_cache_dir() -> Path:
+    """``$ADAACT_CACHE`` if set, else ``~/.cache/adaact-dist``."""
+    env = os.environ.get("ADAACT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "adaact-dist"
+
+
+def _write_digit_images(src: Path, image_size: int, val_fraction: float, seed: int) -> None:
+    """Digits as PNG ImageFolder trees ``src/train/<digit>/`` and ``src/val/<digit>/``."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    indices = np.arange(len(digits.target))
+    train, val = train_test_split(
+        indices, test_size=val_fraction, stratify=digits.target, random_state=seed
+    )
+    for split, chosen in (("train", train), ("val", val)):
+        for i in chosen:
+            pixels = np.round(digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+            image = Image.fromarray(pixels).resize(
+                (image_size, image_size), Image.Resampling.BICUBIC
+            )
+            folder = src / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").save(folder / f"digit_{i:04d}.png")
+
+
+def ensure_digits_shards(
+    cache_dir: str | Path | None = None,
+    *,
+    image_size: int = 32,
+    shard_size: int = 256,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> Path:
+    """Return the root of the digits shards, writing them on first use.
+
+    Args:
+        cache_dir: Where to keep them; default :func:`default_cache_dir`
+            (``$ADAACT_CACHE`` or ``~/.cache/adaact-dist``).
+        image_size: Side of the RGB images (the 8x8 originals are upscaled bicubically).
+        shard_size: Images per shard (256: 6 train shards, 2 val shards).
+        val_fraction: Share of each class held out for validation (0.2: 1,437 / 360).
+        seed: Seed of the train/val split and of the shard shuffle.
+
+    Returns:
+        ``root`` with ``root/train/manifest.json`` and ``root/val/manifest.json``: pass it as
+        ``shards=root`` to :func:`adaact_dist.data.create_loader`.
+    """
+    from adaact_dist.data.shard_writer import write_shards
+
+    if image_size < 8:
+        raise ValueError(f"Invalid image_size={image_size}: must be >= 8")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"Invalid val_fraction={val_fraction}: must be in (0, 1)")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    name = f"digits-{image_size}px-s{shard_size}-v{val_fraction:g}-seed{seed}-v{_VERSION}"
+    root = cache / name
+    if (root / _DONE).is_file():
+        return root
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another rank may be writing the same copy
+        if (root / _DONE).is_file():
+            return root
+        work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
+        try:
+            _write_digit_images(work / "src", image_size, val_fraction, seed)
+            for split in ("train", "val"):
+                write_shards(
+                    work / "src" / split,
+                    work / "out",
+                    split=split,
+                    shard_size=shard_size,
+                    seed=seed,
+                    command=f"adaact_dist.data.ensure_digits_shards(image_size={image_size}, "
+                    f"shard_size={shard_size}, val_fraction={val_fraction}, seed={seed})",
+                )
+            (work / "out" / _DONE).write_text("")
+            if root.exists():  # a copy interrupted before it was complete
+                shutil.rmtree(root)
+            os.replace(work / "out", root)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return root
