@@ -33,10 +33,10 @@ from adaact_dist.data.partition import (
     epoch_shard_order,
     iter_positions,
     mix_seed,
-    num_batches,
     rank_batch_range,
     rank_range,
 )
+from adaact_dist.data.rank_loader import RankLoader
 from adaact_dist.data.shardset import ShardSet, load_index, usable_entries
 from adaact_dist.data.tar_index import IndexEntry, format_index
 
@@ -65,14 +65,13 @@ def _dali_reason(error: Exception) -> str:
     return lines[0][:300] if lines else type(error).__name__
 
 
-class DaliLoader:
+class DaliLoader(RankLoader):
     """Iterable over ``(images, labels)`` batches of one rank; see :func:`create_loader`."""
 
     def __init__(self, cfg: LoaderConfig, shardset: ShardSet) -> None:
         from adaact_dist.data.dali_augment import parse_rand_augment
 
-        self.cfg = cfg
-        self.shardset = shardset
+        super().__init__(cfg, shardset)
         device = cfg.device
         if device.type == "cuda":
             if not torch.cuda.is_available():
@@ -91,27 +90,12 @@ class DaliLoader:
         self._rand_augment = (
             parse_rand_augment(cfg.auto_augment) if cfg.is_training and cfg.auto_augment else None
         )
-        total = shardset.total
-        self._len = num_batches(
-            total,
-            rank=cfg.rank,
-            world_size=cfg.world_size,
-            batch_size=cfg.batch_size,
-            drop_last=cfg.drop_last,
-        )
-        if cfg.drop_last and self._len == 0:
-            raise ValueError(
-                f"Invalid batch_size={cfg.batch_size}: {total} samples over world_size="
-                f"{cfg.world_size} ranks give less than one full batch per rank"
-            )
         self._tmpdir = Path(tempfile.mkdtemp(prefix="adaact-dali-index-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
         self._replaced: dict[int, dict[int, int]] = {}  # shard -> {bad sample: stand-in}
         self._index_paths = [self._index_for(i) for i in range(len(shardset.shards))]
         self._epoch = 0
         self._restarts = 0
-        self.num_skipped = 0
-        """Bad samples skipped by this rank so far (all epochs)."""
 
     # -- index files -------------------------------------------------------------------------
 
@@ -299,30 +283,6 @@ class DaliLoader:
                     yield images, labels.to(self._out_device, non_blocking=True)
         finally:
             pipe = None
-
-    def __len__(self) -> int:
-        return self._len
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this rank yields per epoch (before any bad ones are skipped)."""
-        start, stop = rank_batch_range(
-            self.shardset.total,
-            rank=self.cfg.rank,
-            world_size=self.cfg.world_size,
-            batch_size=self.cfg.batch_size,
-            drop_last=self.cfg.drop_last,
-        )
-        return stop - start
-
-    @property
-    def total_samples(self) -> int:
-        """Usable samples in the split, all ranks together."""
-        return self.shardset.total
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.shardset.num_classes
 
     @property
     def epoch(self) -> int:

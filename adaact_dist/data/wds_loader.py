@@ -31,10 +31,10 @@ from adaact_dist.data.partition import (
     epoch_shard_order,
     iter_positions,
     mix_seed,
-    num_batches,
     rank_batch_range,
     worker_sample_range,
 )
+from adaact_dist.data.rank_loader import RankLoader
 from adaact_dist.data.shardset import ShardSet, load_index, usable_entries
 from adaact_dist.data.transforms import BatchNormalizer, build_transform
 
@@ -164,25 +164,11 @@ class _ShardStream(IterableDataset):
             yield batch, torch.tensor(labels, dtype=torch.int64), bad
 
 
-class WdsLoader:
+class WdsLoader(RankLoader):
     """Iterable over ``(images, labels)`` batches of one rank; see :func:`create_loader`."""
 
     def __init__(self, cfg: LoaderConfig, shardset: ShardSet) -> None:
-        self.cfg = cfg
-        self.shardset = shardset
-        total = shardset.total
-        self._len = num_batches(
-            total,
-            rank=cfg.rank,
-            world_size=cfg.world_size,
-            batch_size=cfg.batch_size,
-            drop_last=cfg.drop_last,
-        )
-        if cfg.drop_last and self._len == 0:
-            raise ValueError(
-                f"Invalid batch_size={cfg.batch_size}: {total} samples over world_size="
-                f"{cfg.world_size} ranks give less than one full batch per rank"
-            )
+        super().__init__(cfg, shardset)
         transform = build_transform(
             is_training=cfg.is_training,
             image_size=cfg.image_size,
@@ -208,32 +194,6 @@ class WdsLoader:
             pin_memory=cfg.device.type == "cuda",
         )
         self._normalize = BatchNormalizer(cfg.mean, cfg.std, cfg.device, cfg.channels_last)
-        self.num_skipped = 0
-        """Bad samples skipped by this rank so far (all epochs)."""
-
-    def __len__(self) -> int:
-        return self._len
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this rank yields per epoch (before any bad ones are skipped)."""
-        start, stop = rank_batch_range(
-            self.shardset.total,
-            rank=self.cfg.rank,
-            world_size=self.cfg.world_size,
-            batch_size=self.cfg.batch_size,
-            drop_last=self.cfg.drop_last,
-        )
-        return stop - start
-
-    @property
-    def total_samples(self) -> int:
-        """Usable samples in the split, all ranks together."""
-        return self.shardset.total
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.shardset.num_classes
 
     @property
     def epoch(self) -> int:

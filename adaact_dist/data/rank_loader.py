@@ -1,0 +1,53 @@
+"""What the webdataset and DALI loaders share: one rank's slice of a shard set."""
+
+from __future__ import annotations
+
+from adaact_dist.data.config import LoaderConfig
+from adaact_dist.data.partition import num_batches, rank_batch_range
+from adaact_dist.data.shardset import ShardSet
+
+
+class RankLoader:
+    """Batch count and sample counts of one rank; backends add iteration and epochs."""
+
+    def __init__(self, cfg: LoaderConfig, shardset: ShardSet) -> None:
+        self.cfg = cfg
+        self.shardset = shardset
+        self._len = num_batches(
+            shardset.total,
+            rank=cfg.rank,
+            world_size=cfg.world_size,
+            batch_size=cfg.batch_size,
+            drop_last=cfg.drop_last,
+        )
+        if cfg.drop_last and self._len == 0:
+            raise ValueError(
+                f"Invalid batch_size={cfg.batch_size}: {shardset.total} samples over world_size="
+                f"{cfg.world_size} ranks give less than one full batch per rank"
+            )
+        self.num_skipped = 0
+        """Bad samples skipped by this rank so far (all epochs)."""
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank yields per epoch (before any bad ones are skipped)."""
+        start, stop = rank_batch_range(
+            self.shardset.total,
+            rank=self.cfg.rank,
+            world_size=self.cfg.world_size,
+            batch_size=self.cfg.batch_size,
+            drop_last=self.cfg.drop_last,
+        )
+        return stop - start
+
+    @property
+    def total_samples(self) -> int:
+        """Usable samples in the split, all ranks together."""
+        return self.shardset.total
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.shardset.num_classes
