@@ -1,5 +1,16 @@
-"""Distributed glue: statistics sync and DeepSpeed ZeRO bindings for AdaAct."""
+"""Distributed glue: statistics sync, DeepSpeed ZeRO binding, checkpoints, failure bounds."""
 
+from adaact_dist.dist.deepspeed_binding import bind_deepspeed
+from adaact_dist.dist.process_group import init_distributed
 from adaact_dist.dist.torch_sync import TorchStatsSync
+from adaact_dist.dist.universal_checkpoint import convert_to_universal
+from adaact_dist.dist.watchdog import WATCHDOG_EXIT_CODE, HangWatchdog
 
-__all__ = ["TorchStatsSync"]
+__all__ = [
+    "WATCHDOG_EXIT_CODE",
+    "HangWatchdog",
+    "TorchStatsSync",
+    "bind_deepspeed",
+    "convert_to_universal",
+    "init_distributed",
+]

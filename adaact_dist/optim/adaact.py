@@ -10,6 +10,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from adaact_dist.optim import _state_keys as keys
+from adaact_dist.optim._fragments import (
+    BIAS,
+    WEIGHT,
+    Fragment,
+    Piece,
+    compile_fragments,
+    precond_view,
+)
 from adaact_dist.optim._functional import adaact, fold_statistics, refresh_preconditioner, sgd
 from adaact_dist.optim._layers import PreconditionedLayer, find_layers, unwrap_model
 
@@ -51,6 +59,10 @@ class AdaAct(Optimizer):
     averaged over data-parallel ranks through ``distributor`` every ``stats_sync_every``
     steps (starting with the first), and ``D`` is recomputed then and frozen until the
     next sync, which keeps replicas identical.
+
+    Engines that replace the parameters in ``param_groups`` by flat tensors (DeepSpeed
+    ZeRO and its bf16/fp16 wrappers) describe them with :meth:`map_flat_tensor`;
+    ``adaact_dist.dist.bind_deepspeed`` does that for DeepSpeed.
 
     Args:
         params: tensors or parameter-group dicts to optimise (per-group ``lr``,
@@ -119,7 +131,12 @@ class AdaAct(Optimizer):
                 "preconditions those layers' weights; use another optimizer for this model"
             )
         group_of = {id(p): i for i, group in enumerate(self.param_groups) for p in group["params"]}
+        # A layer's beta2 and eps come from the group holding its weight. Engines swap
+        # ``param_groups`` for a one-group list while they step group by group, so keep the
+        # group dicts themselves; their positions only matter across load_state_dict.
         self._layer_group = [group_of[id(layer.weight)] for layer in self._table.layers]
+        self._layer_groups = [self.param_groups[i] for i in self._layer_group]
+        self._layer_index = {id(layer): i for i, layer in enumerate(self._table.layers)}
         self._roles: dict[int, tuple[str, PreconditionedLayer | None]] = {}
         for layer in self._table.layers:
             self._roles[id(layer.weight)] = ("weight", layer)
@@ -131,9 +148,14 @@ class AdaAct(Optimizer):
         self.other_momentum = other_momentum
         self.foreach = True if foreach is None else foreach
         self._stats_step = 0
+        self._folded = False  # this step's statistics are in V already
+        self._known = {id(p) for p in params_in_groups}
+        self._flat: dict[int, tuple[Tensor, list[Piece]]] = {}
         self._table.register_hooks()
         self.register_state_dict_post_hook(_save_statistics)
         self.register_load_state_dict_pre_hook(_load_statistics)
+        self.register_load_state_dict_pre_hook(_remember_group_positions)
+        self.register_load_state_dict_post_hook(_follow_new_groups)
 
     @property
     def layers(self) -> list[PreconditionedLayer]:
@@ -151,10 +173,87 @@ class AdaAct(Optimizer):
             for layer in self.layers
         }
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "_known"):  # groups added after construction
+            self._known.update(id(p) for p in self.param_groups[-1]["params"])
+
+    def map_flat_tensor(self, flat: Tensor, fragments: list[Fragment]) -> None:
+        """Declare that ``flat``, a tensor an engine put in ``param_groups``, holds ``fragments``.
+
+        Every element of ``flat`` in a fragment is updated like the element of the model
+        parameter it mirrors (weight elements scaled by ``D`` of their layer and input
+        feature, bias elements by the constant feature, others by ``other_rule``); elements
+        in no fragment (padding) are left alone. The state of ``flat`` is one flat
+        ``exp_avg`` (also the momentum of ``sgd_momentum`` elements) and one ``step``.
+        """
+        if flat.dim() != 1 and not flat.is_contiguous():
+            raise ValueError(
+                f"Invalid flat tensor of shape {tuple(flat.shape)}: must be 1-D or contiguous"
+            )
+        pieces = compile_fragments(
+            flat, list(fragments), self._roles, self._layer_index, self._known
+        )
+        self._flat[id(flat)] = (flat, pieces)
+
+    def unmapped_tensors(self) -> list[Tensor]:
+        """Tensors in ``param_groups`` that AdaAct was not given and that no one mapped."""
+        return [
+            p
+            for group in self.param_groups
+            for p in group["params"]
+            if id(p) not in self._known and id(p) not in self._flat
+        ]
+
+    def statistics_state_dict(self) -> dict[str, Any]:
+        """``V``, ``D`` and step counts of every layer (keyed by module path), and the sync phase.
+
+        Part of :meth:`state_dict`; engines whose checkpoints keep only per-parameter state
+        save and load it on its own. It is identical on all data-parallel ranks.
+        """
+        return {
+            keys.SYNC_STEP: self._stats_step,
+            keys.LAYERS: {
+                layer.name: {
+                    keys.SECOND_MOMENT: layer.second_moment.detach().clone(),
+                    keys.PRECOND: layer.precond.detach().clone(),
+                    keys.LAYER_STEP: layer.step,
+                }
+                for layer in self.layers
+            },
+        }
+
+    def load_statistics_state_dict(self, stats: dict[str, Any]) -> None:
+        """Restore what :meth:`statistics_state_dict` returned; pending statistics are dropped."""
+        saved, ours = stats[keys.LAYERS], {layer.name: layer for layer in self.layers}
+        if saved.keys() != ours.keys():
+            missing, extra = sorted(ours.keys() - saved.keys()), sorted(saved.keys() - ours.keys())
+            raise ValueError(
+                f"AdaAct checkpoint layers do not match the model: missing {missing[:5]}, "
+                f"unexpected {extra[:5]}; load it into the same architecture"
+            )
+        for name, entry in saved.items():
+            layer = ours[name]
+            if entry[keys.SECOND_MOMENT].numel() != layer.numel:
+                raise ValueError(
+                    f"AdaAct checkpoint layer {name!r} has {entry[keys.SECOND_MOMENT].numel()} "
+                    f"features, the model's has {layer.numel}"
+                )
+            layer.second_moment.copy_(entry[keys.SECOND_MOMENT].view(-1))
+            layer.precond.copy_(entry[keys.PRECOND].view(-1))
+            layer.step = int(entry[keys.LAYER_STEP])
+        self._stats_step = int(stats[keys.SYNC_STEP])
+        self.drop_pending_statistics()
+
+    def drop_pending_statistics(self) -> None:
+        """End the step: forget statistics that no step folded (an engine skipped the step)."""
+        self._table.clear_pending()
+        self._folded = False
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear gradients and the statistics gathered for them."""
         super().zero_grad(set_to_none)
-        self._table.clear_pending()
+        self.drop_pending_statistics()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -162,19 +261,40 @@ class AdaAct(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._is_state_initialising_step():
+            return loss
         self.update_preconditioner()
         for group in self.param_groups:
             self._update_group(group)
         return loss
 
+    def _is_state_initialising_step(self) -> bool:
+        """True for a first step over an engine's copies of the parameters, all gradients zero.
+
+        DeepSpeed's fp16/bf16 wrappers take such a step while they are being built, to
+        create optimizer state, before anyone could tell AdaAct what their copies are. It
+        carries no information, so AdaAct leaves everything as it was (no step counted, no
+        weight decay) instead of refusing it.
+        """
+        if self._stats_step > 0 or any(layer.pending_count for layer in self.layers):
+            return False
+        params = [p for group in self.param_groups for p in group["params"]]
+        if not params or any(id(p) in self._known or id(p) in self._flat for p in params):
+            return False
+        return all(p.grad is not None and not p.grad.any() for p in params)
+
     @torch.no_grad()
     def update_preconditioner(self) -> None:
         """Fold this step's statistics into ``V``; on a sync step average ``V`` and refresh ``D``.
 
-        ``step()`` calls this once. Engines that call ``step()`` once per parameter group
-        call it themselves first.
+        ``step()`` calls this first. A later call before new statistics arrive (DeepSpeed
+        ZeRO calls ``step()`` once per parameter group) finds the step already folded and
+        does nothing, so each optimizer step folds, and syncs, exactly once; ``zero_grad()``
+        or :meth:`drop_pending_statistics` end the step.
         """
         layers = self.layers
+        if self._folded and not any(layer.pending_count for layer in layers):
+            return
         starved = [
             layer.name
             for layer in layers
@@ -201,6 +321,7 @@ class AdaAct(Optimizer):
         for i in folded:
             layers[i].step += 1
         self._table.clear_pending()
+        self._folded = True
         self._stats_step += 1
         if (self._stats_step - 1) % self.stats_sync_every == 0:
             self._sync_and_refresh()
@@ -223,7 +344,7 @@ class AdaAct(Optimizer):
         """Split layer indices by a hyperparameter of their group, for foreach calls."""
         buckets: dict[Any, list[int]] = {}
         for i in indices:
-            buckets.setdefault(value_of(self.param_groups[self._layer_group[i]]), []).append(i)
+            buckets.setdefault(value_of(self._layer_groups[i]), []).append(i)
         return buckets.items()
 
     def _update_group(self, group: dict[str, Any]) -> None:
@@ -236,6 +357,16 @@ class AdaAct(Optimizer):
                 continue
             if param.grad.is_sparse:
                 raise RuntimeError("AdaAct does not support sparse gradients")
+            if id(param) in self._flat:
+                self._update_flat(param, group)
+                continue
+            if id(param) not in self._known:
+                raise RuntimeError(
+                    f"AdaAct.step() met a parameter of shape {tuple(param.shape)} that it was not "
+                    "given: an engine replaced the model's parameters (DeepSpeed ZeRO, bf16 or "
+                    "fp16). Call adaact_dist.dist.bind_deepspeed(engine, optimizer) right after "
+                    "deepspeed.initialize, or describe the tensor with map_flat_tensor()."
+                )
             role, layer = self._roles.get(id(param), ("other", None))
             state = self.state[param]
             if role == "other":
@@ -284,6 +415,63 @@ class AdaAct(Optimizer):
             foreach=self.foreach,
         )
 
+    def _update_flat(self, flat: Tensor, group: dict[str, Any]) -> None:
+        """The update of one flat tensor, piece by piece, with the same kernels as above."""
+        _, pieces = self._flat[id(flat)]
+        state = self.state[flat]
+        if not state:
+            state[keys.STEP] = torch.tensor(0.0)
+            state[keys.EXP_AVG] = torch.zeros_like(flat, memory_format=torch.preserve_format)
+        state[keys.STEP] += 1
+        step = int(state[keys.STEP].item())
+        values = flat.detach().view(-1)
+        grad, exp_avg = flat.grad.view(-1), state[keys.EXP_AVG].view(-1)
+        table = self._table.precond
+        if table.device != values.device or table.dtype != values.dtype:
+            table = table.to(device=values.device, dtype=values.dtype)
+        constant = torch.full(
+            (), 1.0 / (1.0 + group["eps"]), dtype=values.dtype, device=values.device
+        )
+        params, grads, exp_avgs, preconds = [], [], [], []
+        others, other_grads, other_buffers = [], [], []
+        for piece in pieces:
+            span = slice(piece.start, piece.start + piece.numel)
+            if piece.kind == WEIGHT:
+                layer = self.layers[piece.layer]
+                layer_precond = table[layer.offset : layer.offset + layer.numel]
+                preconds.append(precond_view(piece, layer_precond, layer))
+            elif piece.kind == BIAS:
+                preconds.append(constant.expand(piece.shape))
+            else:
+                others.append(values[span])
+                other_grads.append(grad[span])
+                other_buffers.append(exp_avg[span])
+                continue
+            params.append(values[span].view(piece.shape))
+            grads.append(grad[span].view(piece.shape))
+            exp_avgs.append(exp_avg[span].view(piece.shape))
+        adaact(
+            params,
+            grads,
+            exp_avgs,
+            preconds,
+            [step] * len(params),
+            lr=group["lr"],
+            beta1=group["betas"][0],
+            weight_decay=group["weight_decay"],
+            foreach=self.foreach,
+        )
+        momentum = self.other_momentum if self.other_rule == "sgd_momentum" else 0.0
+        sgd(
+            others,
+            other_grads,
+            other_buffers if momentum else [],
+            lr=group["lr"],
+            momentum=momentum,
+            weight_decay=group["weight_decay"],
+            foreach=self.foreach,
+        )
+
 
 def _check_hyperparameters(*, lr, betas, eps, weight_decay) -> None:
     if not isinstance(lr, (float, int, Tensor)) or lr < 0.0:
@@ -296,18 +484,18 @@ def _check_hyperparameters(*, lr, betas, eps, weight_decay) -> None:
         raise ValueError(f"Invalid weight_decay={weight_decay!r}: must be >= 0")
 
 
+def _remember_group_positions(optimizer: AdaAct, state_dict: dict[str, Any]) -> None:
+    """Where each layer's group sits now: load_state_dict builds new group dicts there."""
+    position = {id(group): i for i, group in enumerate(optimizer.param_groups)}
+    optimizer._layer_group = [position[id(group)] for group in optimizer._layer_groups]
+
+
+def _follow_new_groups(optimizer: AdaAct) -> None:
+    optimizer._layer_groups = [optimizer.param_groups[i] for i in optimizer._layer_group]
+
+
 def _save_statistics(optimizer: AdaAct, state_dict: dict[str, Any]) -> dict[str, Any]:
-    state_dict[keys.ACTIVATION_STATS] = {
-        keys.SYNC_STEP: optimizer._stats_step,
-        keys.LAYERS: {
-            layer.name: {
-                keys.SECOND_MOMENT: layer.second_moment.detach().clone(),
-                keys.PRECOND: layer.precond.detach().clone(),
-                keys.LAYER_STEP: layer.step,
-            }
-            for layer in optimizer.layers
-        },
-    }
+    state_dict[keys.ACTIVATION_STATS] = optimizer.statistics_state_dict()
     return state_dict
 
 
@@ -318,23 +506,5 @@ def _load_statistics(optimizer: AdaAct, state_dict: dict[str, Any]) -> dict[str,
             "This optimizer state dict has no AdaAct activation statistics "
             f"({keys.ACTIVATION_STATS!r}): it was not saved by AdaAct.state_dict()"
         )
-    saved, ours = stats[keys.LAYERS], {layer.name: layer for layer in optimizer.layers}
-    if saved.keys() != ours.keys():
-        missing, extra = sorted(ours.keys() - saved.keys()), sorted(saved.keys() - ours.keys())
-        raise ValueError(
-            f"AdaAct checkpoint layers do not match the model: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}; load it into the same architecture"
-        )
-    for name, entry in saved.items():
-        layer = ours[name]
-        if entry[keys.SECOND_MOMENT].numel() != layer.numel:
-            raise ValueError(
-                f"AdaAct checkpoint layer {name!r} has {entry[keys.SECOND_MOMENT].numel()} "
-                f"features, the model's has {layer.numel}"
-            )
-        layer.second_moment.copy_(entry[keys.SECOND_MOMENT].view(-1))
-        layer.precond.copy_(entry[keys.PRECOND].view(-1))
-        layer.step = int(entry[keys.LAYER_STEP])
-    optimizer._stats_step = int(stats[keys.SYNC_STEP])
-    optimizer._table.clear_pending()
+    optimizer.load_statistics_state_dict(stats)
     return state_dict

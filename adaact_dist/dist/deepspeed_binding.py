@@ -1,0 +1,223 @@
+"""Bind AdaAct to a DeepSpeed engine: the one call after ``deepspeed.initialize``.
+
+::
+
+    adaact_dist.dist.init_distributed(timeout_s=600)
+    optimizer = AdaAct(model.parameters(), model=model, lr=4.0, stats_sync_every=k)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    adaact_dist.dist.bind_deepspeed(engine, optimizer)
+
+Binding does five things. It changes no DeepSpeed code: it only wraps three methods of
+the engine's optimizer object (``step``, ``state_dict``, ``load_state_dict``), each
+calling DeepSpeed's own first.
+
+1. Maps the flat partitions (ZeRO 1/2, BF16_Optimizer) or fp32 copies (fp16/bf16 at
+   stage 0) that DeepSpeed put in the optimizer's groups onto the model's parameters
+   (:mod:`adaact_dist.dist.deepspeed_layout`), so each element is scaled by ``D`` of its
+   layer and input feature. Only per-fragment records persist, no per-element index.
+2. Gives AdaAct a :class:`TorchStatsSync` over the engine's data-parallel group (unless
+   it already has a distributor): ``V`` is averaged in one all-reduce every k steps.
+3. Ends AdaAct's step where DeepSpeed's ends, dropping the statistics of a step that
+   DeepSpeed skips (fp16 overflow, a non-finite bf16 gradient norm): a skipped step
+   neither folds statistics nor counts.
+4. Adds AdaAct's replicated statistics (``V``, ``D``, step counts, sync phase) and the
+   fragment layout to DeepSpeed's per-rank optimizer checkpoint, and restores the
+   statistics on load, whichever path DeepSpeed loads by (also universal checkpoints
+   written by :func:`adaact_dist.dist.convert_to_universal`).
+5. Bounds the engine's collectives by the timeout given to ``init_distributed`` and,
+   optionally, starts a :class:`HangWatchdog`: a dead or stuck rank ends the job.
+
+ZeRO calls ``AdaAct.step()`` once per parameter group; the first call folds this step's
+statistics (and syncs on a sync step), later calls find nothing pending, so the fold
+happens exactly once per optimizer step.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaact_dist.dist.deepspeed_layout import FlatLayout, deepspeed_layouts
+from adaact_dist.dist.process_group import bound_collectives
+from adaact_dist.dist.torch_sync import TorchStatsSync
+from adaact_dist.dist.watchdog import HangWatchdog
+from adaact_dist.optim import AdaAct
+
+# Entry that binding adds to each rank's DeepSpeed optimizer checkpoint.
+CHECKPOINT_KEY = "adaact"
+STATS = "activation_stats"
+LAYOUTS = "layouts"
+PARAM_SHAPES = "param_shapes"
+FORMAT = "format"
+FORMAT_VERSION = 1
+
+_bound: weakref.WeakSet = weakref.WeakSet()
+
+
+def bind_deepspeed(
+    engine: Any,
+    optimizer: AdaAct,
+    *,
+    collective_timeout_s: float | None = None,
+    hang_timeout_s: float | None = None,
+) -> HangWatchdog | None:
+    """Make ``engine`` (from ``deepspeed.initialize(optimizer=optimizer, ...)``) run AdaAct.
+
+    Call it on every rank right after ``deepspeed.initialize``: before the first step and
+    before ``engine.load_checkpoint``.
+
+    Args:
+        engine: the ``DeepSpeedEngine``.
+        optimizer: the :class:`AdaAct` given to ``deepspeed.initialize``.
+        collective_timeout_s: bound on every collective of the engine's process groups;
+            default: the timeout given to :func:`adaact_dist.dist.init_distributed`
+            (DeepSpeed creates its groups with torch's 30-minute default).
+        hang_timeout_s: if set, start a :class:`HangWatchdog` that ends this rank when no
+            forward pass or optimizer step happens for that many seconds (choose it above
+            your longest checkpoint save or evaluation gap, or wrap those in
+            ``watchdog.paused()``).
+
+    Returns:
+        The watchdog, or None without ``hang_timeout_s``.
+    """
+    if not isinstance(optimizer, AdaAct):
+        raise TypeError(
+            f"Invalid optimizer={type(optimizer).__name__}: bind_deepspeed binds AdaAct"
+        )
+    if getattr(engine, "basic_optimizer", None) is not optimizer:
+        raise ValueError(
+            "This engine was not built with this optimizer: pass the AdaAct instance that "
+            "went into deepspeed.initialize(optimizer=...)"
+        )
+    if optimizer in _bound:
+        raise RuntimeError("This AdaAct is already bound to a DeepSpeed engine")
+    if getattr(engine, "torch_autocast_z0_gradscaler", None) is not None:
+        raise NotImplementedError(
+            "DeepSpeed's torch_autocast with float16 at stage 0 skips steps through a "
+            "GradScaler that AdaAct cannot observe; use the config's fp16 section instead"
+        )
+    wrapper = engine.optimizer
+    layouts = deepspeed_layouts(wrapper, optimizer, engine.param_names)
+    for layout in layouts:
+        optimizer.map_flat_tensor(layout.flat, layout.fragments)
+    _check_every_tensor_is_mapped(optimizer)
+    if optimizer.distributor is None:
+        optimizer.distributor = TorchStatsSync(engine.seq_data_parallel_group)
+    if wrapper is not optimizer:
+        _end_each_step(wrapper, optimizer)
+        if hasattr(wrapper, "bit16_groups") or hasattr(wrapper, "bf16_groups"):
+            shapes = {name: list(p.shape) for p, name in engine.param_names.items()}
+            _checkpoint_statistics(wrapper, optimizer, layouts, shapes)
+    groups = [None, engine.data_parallel_group, engine.seq_data_parallel_group]
+    groups += list(getattr(wrapper, "real_dp_process_group", []))
+    bound_collectives(groups, collective_timeout_s)
+    watchdog = None
+    if hang_timeout_s is not None:
+        watchdog = HangWatchdog(hang_timeout_s)
+        _pet_on_progress(engine.module, optimizer, watchdog)
+    _bound.add(optimizer)
+    return watchdog
+
+
+def _check_every_tensor_is_mapped(optimizer: AdaAct) -> None:
+    strangers = [tuple(p.shape) for p in optimizer.unmapped_tensors()]
+    if strangers:
+        raise RuntimeError(
+            f"DeepSpeed left {len(strangers)} tensor(s) in the optimizer that bind_deepspeed "
+            f"could not map to model parameters (shapes {strangers[:5]})"
+        )
+
+
+def _end_each_step(wrapper: Any, optimizer: AdaAct) -> None:
+    """Tell AdaAct where DeepSpeed's step ends.
+
+    When DeepSpeed skips a step (overflow) it returns without calling AdaAct, whose
+    statistics of that step must then be dropped; after a step that ran they were folded.
+    """
+    original = wrapper.step
+
+    @functools.wraps(original)
+    def step(*args, **kwargs):
+        result = original(*args, **kwargs)
+        optimizer.drop_pending_statistics()
+        return result
+
+    wrapper.step = step
+
+
+def _checkpoint_statistics(
+    wrapper: Any, optimizer: AdaAct, layouts: list[FlatLayout], shapes: dict[str, list[int]]
+) -> None:
+    """Put the statistics and layout in each rank's optimizer checkpoint; restore on load.
+
+    DeepSpeed's elastic and universal paths keep only per-partition tensors, not the
+    client optimizer's own ``state_dict()``, so the statistics travel separately.
+    """
+    records = [
+        {
+            "group": layout.group,
+            "numel": layout.flat.numel(),
+            "fragments": [
+                (name, f.param_offset, f.flat_offset, f.numel)
+                for name, f in zip(layout.names, layout.fragments)
+            ],
+        }
+        for layout in layouts
+    ]
+    save, load = wrapper.state_dict, wrapper.load_state_dict
+    signature = inspect.signature(load)
+
+    @functools.wraps(save)
+    def state_dict(*args, **kwargs):
+        state = save(*args, **kwargs)
+        state[CHECKPOINT_KEY] = {
+            FORMAT: FORMAT_VERSION,
+            STATS: optimizer.statistics_state_dict(),
+            LAYOUTS: records,
+            PARAM_SHAPES: shapes,
+        }
+        return state
+
+    @functools.wraps(load)
+    def load_state_dict(*args, **kwargs):
+        result = load(*args, **kwargs)
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        if call.arguments.get("load_optimizer_states", True):
+            optimizer.load_statistics_state_dict(_saved_statistics(call.arguments))
+        return result
+
+    wrapper.state_dict = state_dict
+    wrapper.load_state_dict = load_state_dict
+
+
+def _saved_statistics(arguments: dict[str, Any]) -> dict[str, Any]:
+    folder = arguments.get("checkpoint_folder")
+    if folder:
+        path = os.path.join(folder, "zero", "optimizer_state.pt")
+        entry = torch.load(path, map_location="cpu", weights_only=False).get(CHECKPOINT_KEY)
+        where = path
+    else:
+        # DeepSpeed reads only this rank's file unless the checkpoint is elastic; the
+        # statistics are replicated, so any rank's copy will do.
+        loaded = [state for state in arguments["state_dict_list"] if state is not None]
+        entry = loaded[0].get(CHECKPOINT_KEY) if loaded else None
+        where = "the ZeRO optimizer checkpoint"
+    if entry is None:
+        raise ValueError(
+            f"{where} has no AdaAct statistics ({CHECKPOINT_KEY!r}): it was saved without "
+            "adaact_dist.dist.bind_deepspeed, or converted with DeepSpeed's ds_to_universal "
+            "(use adaact_dist.dist.convert_to_universal / launch/convert_checkpoint.py)"
+        )
+    return entry[STATS]
+
+
+def _pet_on_progress(module: nn.Module, optimizer: AdaAct, watchdog: HangWatchdog) -> None:
+    module.register_forward_pre_hook(lambda *_: watchdog.pet())
+    optimizer.register_step_pre_hook(lambda *_: watchdog.pet())

@@ -1,0 +1,56 @@
+"""Bound every collective of the job by one timeout, so a dead rank cannot stall the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+import torch.distributed as dist
+
+_timeout: timedelta | None = None
+
+
+def init_distributed(timeout_s: float = 600.0, backend: str | None = None) -> None:
+    """``deepspeed.init_distributed`` with collectives bounded by ``timeout_s``.
+
+    Works under the deepspeed launcher, torchrun and Slurm (DeepSpeed reads their
+    environment). When a rank dies, the others' next collective fails after at most
+    ``timeout_s`` instead of torch's default of 30 minutes (gloo raises; NCCL's watchdog
+    aborts the communicator), so the job ends with an error. Groups created later (the
+    ones DeepSpeed builds in ``deepspeed.initialize``) start with torch's default;
+    :func:`~adaact_dist.dist.bind_deepspeed` applies this timeout to the engine's.
+    ``backend`` defaults to DeepSpeed's choice (nccl on GPUs, gloo on CPU).
+    """
+    global _timeout
+    timeout = _as_timeout(timeout_s)
+    if dist.is_initialized():
+        raise RuntimeError(
+            "torch.distributed is already initialised, so its timeout can no longer be set: "
+            "call adaact_dist.dist.init_distributed() before anything else starts it"
+        )
+    import deepspeed  # heavy; only the distributed entry points need it
+
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+    _timeout = timeout
+
+
+def bound_collectives(groups: Iterable[dist.ProcessGroup | None], timeout_s: float | None) -> None:
+    """Apply ``timeout_s`` (or the one given to :func:`init_distributed`) to ``groups``.
+
+    ``None`` in ``groups`` is the default group. Without any timeout nothing changes.
+    """
+    timeout = _timeout if timeout_s is None else _as_timeout(timeout_s)
+    if timeout is None or not dist.is_initialized():
+        return
+    seen = set()
+    for group in groups:
+        group = group if group is not None else dist.group.WORLD
+        if id(group) not in seen:
+            seen.add(id(group))
+            dist.set_timeout(timeout, group)
+
+
+def _as_timeout(timeout_s: float) -> timedelta:
+    if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+        raise ValueError(f"Invalid timeout_s={timeout_s!r}: must be a number of seconds > 0")
+    return timedelta(seconds=timeout_s)

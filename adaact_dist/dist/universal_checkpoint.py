@@ -1,0 +1,126 @@
+"""Convert an AdaAct ZeRO-1/2 checkpoint to DeepSpeed's universal layout (any world size).
+
+DeepSpeed refuses to load a ZeRO checkpoint on a different number of ranks; its way
+round is the *universal* checkpoint, one folder per parameter holding the full
+``fp32.pt`` and one file per optimizer state. DeepSpeed's converter (``ds_to_universal``)
+reads Adam's ``exp_avg_sq`` by name and fails on AdaAct, but its loader takes whatever
+state files it finds. So this module writes that layout itself, from the fragment
+records that :func:`~adaact_dist.dist.bind_deepspeed` adds to each rank's checkpoint,
+and carries AdaAct's replicated statistics (``V``, ``D``, step counts, sync phase) in
+``zero/optimizer_state.pt``, where the binding restores them from.
+
+Resume on N ranks with ``"checkpoint": {"load_universal": true}`` in the DeepSpeed
+config and ``engine.load_checkpoint(save_dir)`` (the tag comes from
+``latest_universal``). Stage-0 checkpoints need no conversion: their optimizer state is
+whole and loads on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaact_dist.dist.deepspeed_binding import CHECKPOINT_KEY, LAYOUTS, PARAM_SHAPES
+
+_OPTIM_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+_SHARDED = ("base_optimizer_state", "single_partition_of_fp32_groups", "param_slice_mappings")
+
+
+def convert_to_universal(checkpoint_dir: str | Path, output_dir: str | Path | None = None) -> Path:
+    """Write the universal form of ``checkpoint_dir`` (``<save_dir>/<tag>``).
+
+    Args:
+        checkpoint_dir: a tag folder written by ``engine.save_checkpoint`` with AdaAct bound.
+        output_dir: where to write; default ``<save_dir>/<tag>_universal``. Its parent gets
+            a ``latest_universal`` file naming it.
+
+    Returns:
+        The output folder.
+    """
+    source = Path(checkpoint_dir)
+    target = Path(output_dir) if output_dir else source.with_name(source.name + "_universal")
+    ranks = _optimizer_files(source)
+    full: dict[str, dict[str, torch.Tensor]] = {}
+    covered: dict[str, int] = {}
+    steps: dict[str, Any] = {}
+    first: dict[str, Any] = {}
+    for rank, path in enumerate(ranks):
+        state = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        entry = state.get(CHECKPOINT_KEY)
+        if entry is None:
+            raise ValueError(
+                f"{path} has no AdaAct layout ({CHECKPOINT_KEY!r}): save the checkpoint with "
+                "adaact_dist.dist.bind_deepspeed applied to the engine"
+            )
+        base = state["base_optimizer_state"]
+        if not isinstance(base, dict):
+            raise NotImplementedError(
+                f"{path} is an elastic ZeRO checkpoint, which keeps no parameter groups: "
+                "save with zero_optimization.elastic_checkpoint=false to convert it"
+            )
+        if rank == 0:
+            first = state
+        shapes = entry[PARAM_SHAPES]
+        for record in entry[LAYOUTS]:
+            group = record["group"]
+            flat_states = dict(base["state"].get(group, {}))
+            flat_states["fp32"] = state["single_partition_of_fp32_groups"][group]
+            for name, param_offset, flat_offset, numel in record["fragments"]:
+                size = int(torch.Size(shapes[name]).numel())
+                slots = full.setdefault(name, {})
+                for key, value in flat_states.items():
+                    if torch.is_tensor(value) and value.dim() == 1:
+                        if key not in slots:
+                            slots[key] = torch.zeros(size, dtype=torch.float32)
+                        run = value[flat_offset : flat_offset + numel]
+                        slots[key][param_offset : param_offset + numel] = run
+                    else:
+                        steps[name] = value
+                covered[name] = covered.get(name, 0) + numel
+    shapes = first[CHECKPOINT_KEY][PARAM_SHAPES]
+    incomplete = [n for n, shape in shapes.items() if covered.get(n) != torch.Size(shape).numel()]
+    if incomplete:
+        raise ValueError(
+            f"The ranks' fragments of {incomplete[:5]} do not add up to whole parameters: "
+            f"{source} is missing optimizer files of some ranks"
+        )
+    zero = target / "zero"
+    for name, slots in full.items():
+        folder = zero / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, flat in slots.items():
+            torch.save({"param": flat.view(shapes[name])}, folder / f"{key}.pt")
+        if name in steps:
+            torch.save(steps[name], folder / "step.pt")
+    common = {key: value for key, value in first.items() if key not in _SHARDED}
+    common["param_groups"] = first["base_optimizer_state"]["param_groups"]
+    torch.save(common, zero / "optimizer_state.pt")
+    for model_states in sorted(source.glob("mp_rank_*_model_states.pt")):
+        shutil.copy2(model_states, target / model_states.name)
+    (target.parent / "latest_universal").write_text(target.name)
+    return target
+
+
+def _optimizer_files(source: Path) -> list[Path]:
+    found = {}
+    for path in source.iterdir():
+        match = _OPTIM_FILE.match(path.name)
+        if not match:
+            continue
+        if int(match.group(2)) != 0:
+            raise NotImplementedError(
+                f"{path.name}: tensor- or pipeline-parallel checkpoints are not supported"
+            )
+        found[int(match.group(1))] = path
+    if not found:
+        raise FileNotFoundError(
+            f"No ZeRO optimizer files (*zero_pp_rank_*_optim_states.pt) in {source}: pass a "
+            "tag folder; a stage-0 checkpoint needs no conversion, it loads on any world size"
+        )
+    if sorted(found) != list(range(len(found))):
+        raise ValueError(f"{source} lacks the optimizer files of some ranks: found {sorted(found)}")
+    return [found[rank] for rank in range(len(found))]

@@ -1,0 +1,291 @@
+"""One rank of the distributed tests; ``tests/dist/launch.py`` starts it with the deepspeed
+launcher. Each suite runs many engines in one process group (launching is the slow
+part) and rank 0 saves everything the tests compare to ``<out>/<suite>.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from adaact_dist.dist import TorchStatsSync, bind_deepspeed, init_distributed  # noqa: E402
+from tests.dist.common import (  # noqa: E402
+    ds_config,
+    make_model,
+    make_optimizer,
+    micro_batch,
+    named_params,
+)
+
+OVERFLOW_STEP = 999  # data seed of the step that DeepSpeed must skip
+BF16 = {"bf16": {"enabled": True, "check_grad_overflow": True}}
+BF16_CONFIGS = {  # stage -> config: unfused (stage 0), BF16_Optimizer (1), ZeRO (2)
+    0: BF16,
+    1: {**BF16, "data_types": {"grad_accum_dtype": "fp32"}},
+    2: BF16,
+}
+# bf16 runs use no BatchNorm: after DeepSpeed's bf16 cast, BatchNorm's forward on this CPU
+# build fails with "expected scalar type BFloat16 but found Float".
+BF16_S1 = {**BF16_CONFIGS[1], "batchnorm": False}
+
+
+class CountingSync:
+    """The distributor bind_deepspeed attached, counting its collectives."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def average_(self, flat: torch.Tensor) -> None:
+        self.calls += 1
+        self.inner.average_(flat)
+
+
+class Run:
+    """An engine with AdaAct bound, stepped on the shared data, recording what tests check."""
+
+    def __init__(self, stage, *, gas=1, batchnorm=True, k=1, other_rule="sgd", bind=True, **cfg):
+        self.model = make_model(batchnorm, seed=0)
+        self.optimizer = make_optimizer(self.model, stats_sync_every=k, other_rule=other_rule)
+        config = ds_config(stage, gas, **cfg)
+        self.engine, *_ = deepspeed.initialize(
+            model=self.model, optimizer=self.optimizer, config=config
+        )
+        if bind:
+            bind_deepspeed(self.engine, self.optimizer)
+            self.optimizer.distributor = CountingSync(self.optimizer.distributor)
+        self.gas, self.rank = gas, dist.get_rank()
+        self.dtype = next(self.model.parameters()).dtype
+        self.identical: list[bool] = []
+        self.second_moments: dict[int, torch.Tensor] = {}
+        self.preconds: dict[int, torch.Tensor] = {}
+
+    def steps(self, first: int, last: int, overflow_before: int | None = None) -> Run:
+        for step in range(first, last + 1):
+            if step == overflow_before:
+                self._one(OVERFLOW_STEP, poison=True)
+            self._one(step)
+            self.identical.append(_identical_on_all_ranks(self.model))
+            self.second_moments[step] = self.optimizer._table.second_moment.clone()
+            self.preconds[step] = self.optimizer._table.precond.clone()
+        return self
+
+    def _one(self, step: int, poison: bool = False) -> None:
+        for j in range(self.gas):
+            x, y = micro_batch(step, self.rank * self.gas + j)
+            loss = F.cross_entropy(self.engine(x.to(self.dtype)).float(), y)
+            if poison and self.rank == dist.get_world_size() - 1:
+                loss = loss * float("inf")
+            self.engine.backward(loss)
+            self.engine.step()
+
+    def record(self) -> dict:
+        optimizer = self.optimizer
+        state_bytes = sum(
+            t.numel() * t.element_size()
+            for state in optimizer.state.values()
+            for t in state.values()
+            if torch.is_tensor(t)
+        )
+        pieces = [piece for _, ps in optimizer._flat.values() for piece in ps]
+        return {
+            "wrapper": type(self.engine.optimizer).__name__,
+            "params": named_params(self.model),
+            "flat": [p.detach().clone() for g in optimizer.param_groups for p in g["params"]],
+            "identical": self.identical,
+            "second_moments": self.second_moments,
+            "preconds": self.preconds,
+            "stats_step": optimizer._stats_step,
+            "layer_steps": [layer.step for layer in optimizer.layers],
+            "state_steps": [float(s["step"]) for s in optimizer.state.values() if "step" in s],
+            "state_bytes": state_bytes,
+            "table_bytes": 3 * optimizer._table.second_moment.numel() * 4,
+            "partial_rows": sum(p.kind == "weight" and len(p.shape) == 1 for p in pieces),
+            "skipped": self.engine.skipped_steps,
+            "sync_calls": getattr(optimizer.distributor, "calls", None),
+        }
+
+
+def _identical_on_all_ranks(model) -> bool:
+    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
+    copies = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(copies, flat)
+    return all(torch.equal(copies[0], c) for c in copies[1:])
+
+
+def _error(fn) -> str:
+    try:
+        fn()
+    except Exception as error:  # the tests check type and message
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
+def suite_main(out: Path) -> dict:
+    results = {}
+    for stage in (0, 1, 2):
+        rule = "sgd_momentum" if stage == 1 else "sgd"
+        results[f"k1_s{stage}"] = Run(stage, other_rule=rule).steps(1, 6).record()
+        results[f"k3_s{stage}"] = Run(stage, k=3).steps(1, 7).record()
+    results["k1_s1_gas2"] = Run(1, gas=2).steps(1, 6).record()
+    results["k1_s2_gas2"] = Run(2, gas=2).steps(1, 6).record()
+    for stage in (1, 2):
+        results[f"k1_s{stage}_nobn"] = Run(stage, batchnorm=False).steps(1, 6).record()
+    offload = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}
+    results["k1_s2_offload"] = (
+        Run(2, zero_force_ds_cpu_optimizer=False, **offload).steps(1, 6).record()
+    )
+
+    for stage, config in BF16_CONFIGS.items():
+        results[f"bf16_s{stage}"] = Run(stage, batchnorm=False, **config).steps(1, 5).record()
+        skipped = Run(stage, batchnorm=False, **config).steps(1, 5, overflow_before=3)
+        results[f"bf16_s{stage}_overflow"] = skipped.record()
+
+    checkpointed = {"s0": (0, {}), "s1": (1, {}), "s2": (2, {}), "bf16_s1": (1, BF16_S1)}
+    for name, (stage, config) in checkpointed.items():
+        # save at step 3 and go on; resume from step 3 in a fresh engine
+        save_dir = out / f"ckpt_{name}"
+        first = Run(stage, k=2, **config).steps(1, 3)
+        first.engine.save_checkpoint(str(save_dir), tag="step3")
+        results[f"ckpt_{name}_straight"] = first.steps(4, 6).record()
+        resumed = Run(stage, k=2, **config)
+        resumed.model.apply(_scramble)
+        resumed.engine.load_checkpoint(str(save_dir), tag="step3")
+        results[f"ckpt_{name}_resumed"] = resumed.steps(4, 6).record()
+
+    results["refuse_round_robin"] = _error(
+        lambda: Run(2, zero_optimization={"round_robin_gradients": True})
+    )
+    results["refuse_stage3"] = _error(lambda: Run(3))
+    results["refuse_elastic"] = _error(
+        lambda: Run(1, zero_optimization={"elastic_checkpoint": True})
+    )
+    bound = Run(1)
+    results["bind_twice"] = _error(lambda: bind_deepspeed(bound.engine, bound.optimizer))
+    stranger = make_optimizer(make_model())
+    results["bind_stranger"] = _error(lambda: bind_deepspeed(bound.engine, stranger))
+    unbound = Run(1, bind=False)
+    results["unbound_step"] = _error(lambda: unbound.steps(1, 1))
+    results["fp16_supported"] = deepspeed.get_accelerator().is_fp16_supported()
+    if results["fp16_supported"]:
+        fp16 = {"fp16": {"enabled": True, "initial_scale_power": 8}}
+        for stage in (0, 1, 2):
+            straight = Run(stage, batchnorm=False, **fp16).steps(1, 5)
+            results[f"fp16_s{stage}"] = straight.record()
+            skipped = Run(stage, batchnorm=False, **fp16).steps(1, 5, overflow_before=3)
+            results[f"fp16_s{stage}_overflow"] = skipped.record()
+    return results
+
+
+def suite_one_rank(out: Path) -> dict:
+    """2 -> 1: resume 2-rank ZeRO-1 checkpoints (fp32, and bf16 with BF16_Optimizer;
+    converted) on one rank with accumulation 2; and the 1-rank run whose step-3
+    checkpoint the 2-rank resume starts from."""
+    results = {}
+    universal = {"checkpoint": {"load_universal": True}}
+    for name, config in (("s1", {}), ("bf16_s1", BF16_S1)):
+        resumed = Run(1, gas=2, k=2, **config, **universal)
+        resumed.model.apply(_scramble)
+        resumed.engine.load_checkpoint(str(out / f"ckpt_{name}"))
+        results[f"from_two_{name}"] = resumed.steps(4, 6).record()
+    first = Run(1, gas=2, k=2).steps(1, 3)
+    first.engine.save_checkpoint(str(out / "ckpt_one"), tag="step3")
+    results["straight"] = first.steps(4, 6).record()
+    return results
+
+
+def suite_two_from_one(out: Path) -> dict:
+    resumed = Run(1, k=2, checkpoint={"load_universal": True})
+    resumed.model.apply(_scramble)
+    resumed.engine.load_checkpoint(str(out / "ckpt_one"))
+    return {"from_one": resumed.steps(4, 6).record()}
+
+
+def suite_ddp(out: Path) -> dict:
+    """No DeepSpeed: DistributedDataParallel and TorchStatsSync under torchrun."""
+    results = {}
+    rank = dist.get_rank()
+    for k, steps in ((1, 6), (3, 7)):
+        model = make_model()
+        sync = CountingSync(TorchStatsSync())
+        optimizer = make_optimizer(model, stats_sync_every=k, distributor=sync)
+        ddp = DistributedDataParallel(model)
+        identical, second_moments = [], {}
+        for step in range(1, steps + 1):
+            x, y = micro_batch(step, rank)
+            F.cross_entropy(ddp(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            identical.append(_identical_on_all_ranks(model))
+            second_moments[step] = optimizer._table.second_moment.clone()
+        results[f"k{k}"] = {
+            "params": named_params(model),
+            "identical": identical,
+            "second_moments": second_moments,
+            "sync_calls": sync.calls,
+        }
+    return results
+
+
+def suite_failure(out: Path, mode: str, hang_timeout_s: float | None) -> dict:
+    model = make_model()
+    optimizer = make_optimizer(model)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(1))
+    bind_deepspeed(engine, optimizer, hang_timeout_s=hang_timeout_s)
+    rank = dist.get_rank()
+    for step in range(1, 50):
+        if step == 3 and rank == 1:
+            print(f"rank 1 {mode}s on purpose at step {step}", flush=True)
+            if mode == "raise":
+                raise RuntimeError("rank 1 fails on purpose")
+            time.sleep(3600)
+        x, y = micro_batch(step, rank)
+        engine.backward(F.cross_entropy(engine(x), y))
+        engine.step()
+    return {}
+
+
+def _scramble(module) -> None:
+    """Make sure a resume really loads the weights, rather than starting from equal ones."""
+    for p in module.parameters(recurse=False):
+        p.data.normal_()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--suite", required=True)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--pg-timeout", type=float, default=120.0)
+    parser.add_argument("--hang-timeout", type=float, default=None)
+    parser.add_argument("--local_rank", type=int, default=0)
+    args = parser.parse_args()
+    init_distributed(timeout_s=args.pg_timeout)
+    torch.set_num_threads(1)
+    if args.suite.startswith("failure_"):
+        suite_failure(args.out, args.suite.removeprefix("failure_"), args.hang_timeout)
+        return
+    suites = {
+        "main": suite_main,
+        "one_rank": suite_one_rank,
+        "two_from_one": suite_two_from_one,
+        "ddp": suite_ddp,
+    }
+    results = suites[args.suite](args.out)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, results)
+    if dist.get_rank() == 0:
+        torch.save(gathered, args.out / f"{args.suite}.pt")
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main()
