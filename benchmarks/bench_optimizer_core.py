@@ -186,9 +186,16 @@ def main() -> None:
         "| state AdaAct/AdamW |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("resnet50", "vit_small_patch16_224"):
+    for name, channels_last in (
+        ("resnet50", False),
+        ("resnet50", True),
+        ("vit_small_patch16_224", False),
+    ):
         model = timm.create_model(name, num_classes=1000).train()
         x = torch.randn(args.batch, 3, 224, 224)
+        if channels_last:  # the trainer's layout for CNNs: NHWC inputs
+            x = x.to(memory_format=torch.channels_last)
+            name += " (channels_last input)"
         fb = bench_forward_backward(model, x, args.repeats)
         step, sizes = bench_step(model, x, args.step_repeats)
         base = fb["no hooks"]

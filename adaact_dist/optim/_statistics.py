@@ -49,6 +49,17 @@ def linear_input_sum_sq(x: Tensor) -> tuple[Tensor, int]:
     return _sum_of_squares(flat, 0), flat.shape[0]
 
 
+def _batch_sum_of_squares(x: Tensor) -> Tensor:
+    """Sum of squares over the batch of an ``(N, C, H, W)`` tensor, in its memory order.
+
+    A channels_last tensor is reduced as the contiguous ``(N, H, W, C)`` it is: summing
+    the strided NCHW view over ``N`` is about 15x slower on CPU.
+    """
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return _sum_of_squares(x.permute(0, 2, 3, 1), 0).permute(2, 0, 1)
+    return _sum_of_squares(x, 0)
+
+
 def _conv2d_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
     """Padding as ``(left, right, top, bottom)``, the order of ``F.pad``."""
     if module.padding == "valid":
@@ -74,7 +85,7 @@ def conv2d_input_sum_sq(module: nn.Conv2d, x: Tensor) -> tuple[Tensor, int]:
     if x.dim() == 3:  # unbatched input
         x = x.unsqueeze(0)
     batch = x.shape[0]
-    image = _sum_of_squares(x, 0).unsqueeze(0)  # (1, C, H, W): the one full pass
+    image = _batch_sum_of_squares(x).unsqueeze(0)  # (1, C, H, W): the one full pass
     pad = _conv2d_padding(module)
     if any(pad):
         image = F.pad(image, pad, mode=_PAD_MODES[module.padding_mode])
