@@ -1,0 +1,67 @@
+"""Per-layer activation variance during training: the quantity of the paper's Figure 1.
+
+"We flatten the activations of these layers and compute the variance for each
+activation [over the batch], then average these variances." For every ``nn.Linear``
+and ``nn.Conv2d`` the probe records, on probe steps only, the mean over output
+elements of their variance across the micro-batch. It measures the model, not the
+optimizer, so AdaAct, SGD and AdamW runs are comparable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+PROBED = (nn.Linear, nn.Conv2d)
+
+
+class ActivationProbe:
+    """Forward hooks that measure output variance only while armed (one forward per probe step)."""
+
+    def __init__(self, model: nn.Module):
+        self.names: list[str] = []
+        self._pending: dict[str, Tensor] = {}
+        self._armed = False
+        self._handles: list[RemovableHandle] = []
+        for name, module in model.named_modules():
+            if isinstance(module, PROBED):
+                self.names.append(name)
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            if not self._armed or name in self._pending or not isinstance(output, Tensor):
+                return
+            if output.shape[0] < 2:
+                return
+            with torch.no_grad():
+                flat = output.detach().float().flatten(1)
+                self._pending[name] = flat.var(dim=0, unbiased=False).mean()
+
+        return hook
+
+    def arm(self) -> None:
+        """Measure during the next forward."""
+        self._pending = {}
+        self._armed = True
+
+    def collect(self) -> dict[str, float]:
+        """Stop measuring; each probed layer's variance, in model order."""
+        self._armed = False
+        values = {name: float(self._pending[name]) for name in self.names if name in self._pending}
+        self._pending = {}
+        return values
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def input_second_moments(optimizer: object) -> dict[str, float]:
+    """Mean of AdaAct's running per-feature ``V`` per layer; empty for other optimizers."""
+    getter = getattr(optimizer, "activation_second_moments", None)
+    if getter is None:
+        return {}
+    return {name: float(v.float().mean()) for name, v in getter().items()}

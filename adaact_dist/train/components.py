@@ -1,0 +1,140 @@
+"""Model, optimizer, losses and batch mixing, built from the config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from adaact_dist.train.config import ConfigValueError, TrainConfig
+from adaact_dist.train.plan import RunPlan
+
+if TYPE_CHECKING:
+    from adaact_dist.data import DeviceMixup
+
+
+def check_model_name(config: TrainConfig) -> None:
+    """Fail before any work on a name timm does not know."""
+    import timm
+
+    if not timm.is_model(config.model.name):
+        close = timm.list_models(f"*{config.model.name[:6]}*")[:8]
+        raise ConfigValueError(
+            "model.name", config.model.name, f"a timm model name (similar: {', '.join(close)})"
+        )
+
+
+def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
+    """``timm.create_model`` (no pretrained weights: nothing is downloaded)."""
+    import timm
+
+    spec = config.model
+    try:
+        model = timm.create_model(
+            spec.name,
+            pretrained=False,
+            num_classes=spec.num_classes,
+            drop_rate=spec.drop_rate,
+            drop_path_rate=spec.drop_path_rate,
+            **spec.kwargs,
+        )
+    except RuntimeError as error:  # timm: "Unknown model (...)"
+        raise ConfigValueError("model.name", spec.name, f"a timm model name ({error})") from None
+    except TypeError as error:  # a keyword the model class does not take
+        raise ConfigValueError(
+            "model.kwargs", spec.kwargs, f"keyword arguments that {spec.name} takes ({error})"
+        ) from None
+    # Weights stay in the default layout even with model.channels_last: DeepSpeed broadcasts
+    # parameters as byte views and ZeRO flattens them, both of which need contiguous tensors.
+    # Channels-last inputs alone select the NHWC convolution kernels.
+    return model.to(device)
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module, plan: RunPlan) -> Optimizer:
+    """AdaAct or a baseline, all with timm's grouping (no weight decay on 1-D params, biases).
+
+    AdaAct's statistics sync over ranks is attached by ``adaact_dist.dist.bind_deepspeed``.
+    """
+    from timm.optim import create_optimizer_v2
+
+    spec = config.optim
+    if spec.name == "adaact":
+        from adaact_dist import create_optimizer
+
+        return create_optimizer(
+            model,
+            lr=plan.lr,
+            weight_decay=spec.weight_decay,
+            betas=spec.betas,
+            eps=spec.eps,
+            stats_sync_every=spec.stats_sync_every,
+        )
+    if spec.name == "sgd":
+        return create_optimizer_v2(
+            model, "momentum", lr=plan.lr, weight_decay=spec.weight_decay, momentum=spec.momentum
+        )
+    if spec.name == "adamw":
+        return create_optimizer_v2(
+            model,
+            "adamw",
+            lr=plan.lr,
+            weight_decay=spec.weight_decay,
+            betas=spec.betas,
+            eps=spec.eps,
+        )
+    raise AssertionError(spec.name)
+
+
+def build_mixup(config: TrainConfig, *, seed: int) -> Any:
+    """Mixup/CutMix on the device with its own seeded stream, or None when mixing is off."""
+    aug = config.augmentation
+    if not aug.mixing:
+        return None
+    from adaact_dist.data import DeviceMixup
+
+    return DeviceMixup(
+        num_classes=config.model.num_classes,
+        mixup_alpha=aug.mixup_alpha,
+        cutmix_alpha=aug.cutmix_alpha,
+        switch_prob=aug.mixup_switch_prob,
+        prob=aug.mixup_prob,
+        label_smoothing=config.loss.label_smoothing,
+        mode=aug.mixup_mode,
+        seed=seed,
+    )
+
+
+def mixup_state(mixup: DeviceMixup | None) -> dict | None:
+    """The mixing stream's position, for checkpoints (None without mixing)."""
+    return None if mixup is None else mixup.state_dict()
+
+
+def load_mixup_state(mixup: DeviceMixup | None, state: dict | None) -> None:
+    if mixup is not None and state is not None:
+        mixup.load_state_dict(state)
+
+
+def build_train_loss(config: TrainConfig) -> nn.Module:
+    """CE or BCE; with Mixup the targets are soft and already smoothed."""
+    from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
+
+    spec = config.loss
+    mixing = config.augmentation.mixing
+    if spec.name == "bce":
+        return BinaryCrossEntropy(
+            smoothing=0.0 if mixing else spec.label_smoothing,
+            target_threshold=spec.bce_target_threshold,
+        )
+    if mixing:
+        return SoftTargetCrossEntropy()
+    return nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+
+
+def autocast_dtype(config: TrainConfig) -> torch.dtype | None:
+    """The forward's autocast dtype under ``precision_mode: autocast``; None otherwise."""
+    dist = config.distributed
+    if dist.precision == "fp32" or dist.precision_mode != "autocast":
+        return None
+    return torch.bfloat16 if dist.precision == "bf16" else torch.float16

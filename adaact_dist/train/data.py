@@ -1,0 +1,106 @@
+"""The run's training and validation loaders: shards through ``adaact_dist.data``, or synthetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from adaact_dist.train.config import ConfigValueError, TrainConfig
+from adaact_dist.train.plan import RunPlan
+from adaact_dist.train.synthetic import SyntheticLoader
+
+
+@dataclass
+class Loaders:
+    """Both splits for this rank; ``val_total`` is the split size over all ranks."""
+
+    train: Any
+    val: Any
+    val_total: int | None
+    root: str | None
+
+
+def shard_root(config: TrainConfig, rank: int) -> str | None:
+    """The shard root; an embedded data set is built first (by rank 0, others wait)."""
+    data = config.data
+    if data.builtin is None:
+        return data.root
+    from adaact_dist.data import ensure_digits_shards
+
+    def build() -> Path:
+        return ensure_digits_shards(data.root, image_size=data.image_size, seed=config.run.seed)
+
+    if rank == 0:
+        build()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return str(build())  # finished: returns at once, on every rank
+
+
+def build_loaders(
+    config: TrainConfig, plan: RunPlan, *, rank: int, world_size: int, device: torch.device
+) -> Loaders:
+    data = config.data
+    channels_last = config.model.channels_last
+    if data.backend == "synthetic":
+        common = dict(
+            num_classes=config.model.num_classes,
+            image_size=data.image_size,
+            rank=rank,
+            world_size=world_size,
+            seed=config.run.seed,
+            device=device,
+            channels_last=channels_last,
+        )
+        train = SyntheticLoader(
+            split="train",
+            num_samples=data.synthetic_train_samples,
+            batch_size=plan.micro_batch_size,
+            **common,
+        )
+        val = SyntheticLoader(
+            split="val",
+            num_samples=data.synthetic_val_samples,
+            batch_size=plan.eval_batch_size,
+            **common,
+        )
+        return Loaders(train=train, val=val, val_total=data.synthetic_val_samples, root=None)
+
+    from adaact_dist.data import create_loader
+
+    root = shard_root(config, rank)
+    aug = config.augmentation
+    common = dict(
+        shards=root,
+        rank=rank,
+        world_size=world_size,
+        image_size=data.image_size,
+        crop_pct=aug.crop_pct,
+        num_workers=data.num_workers,
+        seed=config.run.seed,
+        channels_last=channels_last,
+        device=device,
+        strict=data.strict,
+    )
+    train = create_loader(
+        data.backend,
+        split=data.train_split,
+        batch_size=plan.micro_batch_size,
+        scale=aug.scale,
+        hflip=aug.hflip,
+        auto_augment=aug.auto_augment,
+        **common,
+    )
+    val = create_loader(
+        data.backend, split=data.val_split, batch_size=plan.eval_batch_size, **common
+    )
+    classes = getattr(train, "num_classes", None)
+    if classes is not None and classes != config.model.num_classes:
+        raise ConfigValueError(
+            "model.num_classes", config.model.num_classes, f"{classes}, the classes of {root}"
+        )
+    return Loaders(train=train, val=val, val_total=val.total_samples, root=root)

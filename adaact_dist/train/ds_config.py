@@ -1,0 +1,94 @@
+"""The DeepSpeed config, generated from the trainer config (never kept in a second file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaact_dist.train.config import ConfigValueError, TrainConfig
+from adaact_dist.train.plan import RunPlan
+
+# Keys the trainer derives itself; ``distributed.deepspeed_extra`` may not override them.
+GENERATED_KEYS = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "zero_optimization.stage",
+    "bf16",
+    "fp16",
+    "torch_autocast",
+    "data_types.buffer_dtype",
+    "optimizer",
+    "scheduler",
+)
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def deepspeed_config(config: TrainConfig, plan: RunPlan) -> dict[str, Any]:
+    """ZeRO stage, precision, micro-batch and accumulation as DeepSpeed expects them.
+
+    The optimizer is passed to ``deepspeed.initialize`` as a client optimizer (AdaAct or a
+    baseline) and the lr schedule is applied by the trainer per step, so neither appears
+    here. ``precision_mode: autocast`` keeps fp32 weights and runs forward under
+    ``torch.autocast`` (DeepSpeed's ``torch_autocast``); ``deepspeed`` uses DeepSpeed's
+    ``bf16``/``fp16`` weights with fp32 master copies (fp16 with dynamic loss scaling).
+    """
+    dist = config.distributed
+    half = dist.precision != "fp32"
+    autocast = half and dist.precision_mode == "autocast"
+    native = half and dist.precision_mode == "deepspeed"
+    generated: dict[str, Any] = {
+        "train_batch_size": plan.global_batch_size,
+        "train_micro_batch_size_per_gpu": plan.micro_batch_size,
+        "gradient_accumulation_steps": plan.accumulation_steps,
+        "gradient_clipping": config.optim.gradient_clipping,
+        "zero_optimization": {"stage": dist.zero_stage},
+        # AdaAct is a client optimizer that DeepSpeed has not vetted for ZeRO.
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": native and dist.precision == "bf16"},
+        "fp16": {
+            "enabled": native and dist.precision == "fp16",
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "torch_autocast": {"enabled": autocast, "dtype": _DTYPES.get(dist.precision, "bfloat16")},
+        # Native half weights: buffers too (BatchNorm needs its statistics in the weights' dtype).
+        "data_types": {"buffer_dtype": _DTYPES[dist.precision] if native else None},
+        # The trainer prints progress itself.
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    return _merge(generated, dist.deepspeed_extra)
+
+
+def _merge(generated: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    for key in _flat_keys(extra):
+        if any(
+            key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in GENERATED_KEYS
+        ):
+            raise ConfigValueError(
+                "distributed.deepspeed_extra",
+                extra,
+                f"free of {key!r}: the trainer derives it from the config "
+                "(data.*, distributed.zero_stage/precision)",
+            )
+    merged = dict(generated)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _flat_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            keys.extend(_flat_keys(value, name + "."))
+        else:
+            keys.append(name)
+    return keys

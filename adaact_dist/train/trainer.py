@@ -1,0 +1,585 @@
+"""The training loop: DeepSpeed engine, per-step lr, evaluation, checkpoints, records.
+
+One optimizer step = ``accumulation_steps`` micro-batches per rank. Before each
+backward, one tiny all-reduce carries the loss, a non-finite flag and a stop flag,
+so every rank stops at the same step: on a non-finite loss (nothing is stepped or
+saved; the last good checkpoint stays) and on SIGTERM/SIGUSR1 (a checkpoint is
+written, then a clean exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import resource
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from adaact_dist.dist import HangWatchdog
+from adaact_dist.train.activations import ActivationProbe, input_second_moments
+from adaact_dist.train.checkpoint import CheckpointManager, rng_state, set_rng_state
+from adaact_dist.train.components import (
+    build_mixup,
+    build_model,
+    build_optimizer,
+    build_train_loss,
+    check_model_name,
+    load_mixup_state,
+    mixup_state,
+)
+from adaact_dist.train.config import ConfigValueError, TrainConfig
+from adaact_dist.train.config_io import ConfigError, config_error, dump_config
+from adaact_dist.train.data import build_loaders
+from adaact_dist.train.distributed import init_distributed, shutdown
+from adaact_dist.train.ds_config import deepspeed_config
+from adaact_dist.train.evaluate import EvalResult, average_batchnorm_buffers, evaluate
+from adaact_dist.train.logger import get_logger
+from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter, Progress
+from adaact_dist.train.plan import make_plan
+from adaact_dist.train.plots import plot_run
+from adaact_dist.train.schedule import LRSchedule
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SUMMARY = "summary.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainerState:
+    """Where the run stands; saved in every checkpoint as DeepSpeed client state."""
+
+    global_step: int = 0
+    epoch: int = 0
+    """The epoch to continue (0-based)."""
+    step_in_epoch: int = 0
+    """Optimizer steps of ``epoch`` already done."""
+    last_eval_epoch: int = -1
+    best_top1: float | None = None
+    best_epoch: int | None = None
+    last_eval: dict[str, Any] | None = None
+    train_time_s: float = 0.0
+    """Seconds spent in training steps (evaluation and checkpoints excluded)."""
+    images_seen: int = 0
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def rng_neutral(seed: int):
+    """Run the block from a fixed seed, then put every global RNG back as it was."""
+    saved = rng_state()
+    seed_all(seed)
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
+class Trainer:
+    """Builds every part of a run from ``config`` (collectively, on every rank)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.log = get_logger()
+        self.info = info = init_distributed(config.distributed)
+        self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
+        try:
+            self.plan = make_plan(config, self.world_size)
+            self.ds_config = deepspeed_config(config, self.plan)
+            check_model_name(config)
+        except ConfigValueError as error:
+            raise config_error(config, error) from None
+        self.run_dir = Path(config.run.resolved_output_dir)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(config))
+            (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=1))
+            (self.run_dir / "plan.json").write_text(json.dumps(self.plan.as_dict(), indent=1))
+        self.log.info(
+            "%d rank(s) via %s on %s | global batch %d = %d ranks x micro %d x accumulation %d"
+            " | lr %.4g (x%.3g)",
+            self.world_size, self.info.launcher, self.device, self.plan.global_batch_size,
+            self.world_size, self.plan.micro_batch_size, self.plan.accumulation_steps,
+            self.plan.lr, self.plan.lr_scale,
+        )  # fmt: skip
+        try:
+            self.loaders = build_loaders(
+                config, self.plan, rank=self.rank, world_size=self.world_size, device=self.device
+            )
+        except ConfigValueError as error:
+            raise config_error(config, error) from None
+        self.steps_per_epoch = len(self.loaders.train) // self.plan.accumulation_steps
+        if self.steps_per_epoch < 1:
+            raise config_error(
+                config,
+                ConfigValueError(
+                    "data.global_batch_size",
+                    self.plan.global_batch_size,
+                    f"at most the training split per epoch ({len(self.loaders.train)} "
+                    f"micro-batches of {self.plan.micro_batch_size} per rank)",
+                ),
+            )
+        self.total_steps = config.schedule.epochs * self.steps_per_epoch
+        try:
+            self._build_engine()
+        except ConfigValueError as error:
+            raise config_error(config, error) from None
+        self.schedule = LRSchedule(
+            peak_lr=self.plan.lr,
+            total_steps=self.total_steps,
+            warmup_steps=round(config.schedule.warmup_epochs * self.steps_per_epoch),
+            warmup_lr=self.plan.warmup_lr,
+            min_lr=self.plan.min_lr,
+            shape=config.schedule.name,
+        )
+        self.mixup = build_mixup(config, seed=config.run.seed * 1000 + self.rank)
+        self.criterion = build_train_loss(config)
+        self.random_erasing = None
+        if config.augmentation.re_prob > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.random_erasing = RandomErasing(
+                probability=config.augmentation.re_prob,
+                mode=config.augmentation.re_mode,
+                device=self.device,
+            )
+        seed_all(config.run.seed + self.rank)  # augmentation and drop-path differ per rank
+        self.state = TrainerState()
+        self.checkpoints = CheckpointManager(
+            self.run_dir / "checkpoints",
+            keep_last=config.checkpoint.keep_last,
+            keep_best=config.checkpoint.keep_best,
+            rank=self.rank,
+        )
+        self._pending_rng = None
+        self.resumed_from = self._resume()
+        self.metrics = (
+            MetricsWriter(
+                self.run_dir,
+                tensorboard=config.logging.tensorboard,
+                resume_step=self.state.global_step if self.resumed_from else None,
+            )
+            if self.rank == 0
+            else NullMetricsWriter()
+        )
+        self._stop_requested = False
+        self._stop_signal: int | None = None
+
+    # -- construction ------------------------------------------------------------------
+    def _build_engine(self) -> None:
+        import deepspeed
+
+        config = self.config
+        seed_all(config.run.seed)  # same initial weights everywhere (DeepSpeed broadcasts too)
+        model = build_model(config, self.device)
+        self.probe = ActivationProbe(model) if config.logging.activation_every_steps else None
+        self.optimizer = build_optimizer(config, model, self.plan)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=self.optimizer, config=self.ds_config, dist_init_required=False
+        )
+        if config.optim.name == "adaact":
+            # Maps ZeRO partitions / fp32 master copies onto layers, syncs the statistics
+            # over the data-parallel group, checkpoints them, bounds the engine's collectives.
+            from adaact_dist.dist import bind_deepspeed
+
+            bind_deepspeed(self.engine, self.optimizer)
+        else:  # the baselines: bound the engine's collectives all the same
+            from adaact_dist.dist.process_group import bound_collectives
+
+            engine = self.engine
+            bound_collectives(
+                [None, engine.data_parallel_group, engine.seq_data_parallel_group], None
+            )
+        if config.model.compile:
+            self.engine.compile()
+        dist_cfg = config.distributed
+        self.input_dtype = None
+        if dist_cfg.precision_mode == "deepspeed" and dist_cfg.precision != "fp32":
+            self.input_dtype = torch.bfloat16 if dist_cfg.precision == "bf16" else torch.float16
+
+    def _resume(self) -> Path | None:
+        spec = self.config.checkpoint
+        self.checkpoints.remove_partial()
+        if spec.resume == "never":
+            return None
+        if spec.resume == "auto":
+            latest = self.checkpoints.latest()
+            if latest is None:
+                return None
+            path = latest.path
+        else:
+            path = Path(spec.resume)
+        trainer_state, rank_state = self.checkpoints.load(self.engine, path)
+        self.state = TrainerState(**trainer_state)
+        self._pending_rng = rank_state
+        if rank_state is None:
+            self.log.warning("No RNG state for rank %d in %s: reseeding", self.rank, path)
+            seed_all(self.config.run.seed + self.rank + 7919 * self.state.global_step)
+        self.log.info(
+            "Resumed from %s: step %d, epoch %d (+%d steps)",
+            path, self.state.global_step, self.state.epoch, self.state.step_in_epoch,
+        )  # fmt: skip
+        return path
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to the end (or to a stop); return the summary written to ``summary.json``."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        self.progress = Progress(
+            total=self.total_steps,
+            initial=self.state.global_step,
+            enabled=self.config.logging.progress_bar and self.rank == 0,
+        )
+        hang = self.config.distributed.hang_timeout_s
+        self.watchdog = HangWatchdog(hang) if hang else None
+        started = time.perf_counter()
+        reason = "error"  # an exception other than divergence: no more collectives
+        try:
+            with self.progress.redirect_logging(self.log):
+                reason = self._train()
+        except TrainingDiverged:
+            reason = "diverged"
+            raise
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.close()
+            self.progress.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            summary = self._finish(reason, time.perf_counter() - started)
+        return summary
+
+    def close(self) -> None:
+        """Close the records. Until then ``run()`` may be called again, e.g. after raising
+        ``config.run.stop_after_steps``: it continues where it stopped."""
+        self.metrics.close()
+
+    def _paused(self):
+        """Evaluation, checkpoints and plots are legitimate pauses for the hang watchdog."""
+        return self.watchdog.paused() if self.watchdog is not None else contextlib.nullcontext()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+        self._stop_signal = signum
+
+    def _train(self) -> str:
+        config, state = self.config, self.state
+        for epoch in range(state.epoch, config.schedule.epochs):
+            state.epoch = epoch
+            if state.step_in_epoch < self.steps_per_epoch:
+                reason = self._train_epoch(epoch)
+                if reason is not None:
+                    return reason
+            last = epoch == config.schedule.epochs - 1
+            if state.last_eval_epoch != epoch and (
+                last or (epoch + 1) % config.eval.every_epochs == 0
+            ):
+                self._evaluate(epoch)
+            state.epoch, state.step_in_epoch = epoch + 1, 0
+            if config.checkpoint.enabled and (config.checkpoint.every_epoch or last):
+                self._save()
+            if self.rank == 0 and config.logging.plots:
+                self._plot()
+        return "completed"
+
+    def _batches(self, epoch: int):
+        loader = self.loaders.train
+        loader.set_epoch(epoch)
+        with rng_neutral(self.config.run.seed * 1000 + epoch * 7 + self.rank):
+            iterator = iter(loader)
+        skip = self.state.step_in_epoch * self.plan.accumulation_steps
+        if skip and self.config.checkpoint.skip_seen_batches:
+            self.log.info("Skipping %d batches of epoch %d already trained on", skip, epoch)
+            with self._paused():
+                for _ in range(skip):
+                    next(iterator)
+        if self._pending_rng is not None:  # exactly where the saved run stood
+            set_rng_state(self._pending_rng["rng"])
+            load_mixup_state(self.mixup, self._pending_rng.get("mixup"))
+            self._pending_rng = None
+        return iterator
+
+    def _train_epoch(self, epoch: int) -> str | None:
+        config, state, plan = self.config, self.state, self.plan
+        engine = self.engine
+        batches = self._batches(epoch)
+        every_act = config.logging.activation_every_steps
+        stop_after = config.run.stop_after_steps
+        while state.step_in_epoch < self.steps_per_epoch:
+            step = state.global_step
+            tick = time.perf_counter()
+            lr = self.schedule.apply(engine.optimizer, step)
+            probing = self.probe is not None and self.rank == 0 and step % every_act == 0
+            variances: dict[str, float] = {}
+            loss_sum, stop = 0.0, False
+            for micro in range(plan.accumulation_steps):
+                batch = next(batches, None)
+                if batch is None:
+                    raise RuntimeError(
+                        f"The training loader of rank {self.rank} ended after "
+                        f"{state.step_in_epoch} of {self.steps_per_epoch} steps of epoch "
+                        f"{epoch}, short of the {len(self.loaders.train)} batches it announced"
+                    )
+                images, targets = self._prepare(batch)
+                if probing and micro == 0:
+                    self.probe.arm()
+                output = engine(images)
+                if probing and micro == 0:
+                    variances = self.probe.collect()
+                loss = self.criterion(output.float(), targets)
+                mean_loss, stop = self._check(loss, step)
+                loss_sum += mean_loss
+                engine.backward(loss)
+                engine.step()
+                if self.watchdog is not None:
+                    self.watchdog.pet()
+            elapsed = time.perf_counter() - tick
+            state.global_step += 1
+            state.step_in_epoch += 1
+            state.train_time_s += elapsed
+            state.images_seen += plan.global_batch_size
+            loss_value = loss_sum / plan.accumulation_steps
+            images_per_s = plan.global_batch_size / max(elapsed, 1e-9)
+            self.progress.update(epoch=epoch, loss=loss_value, lr=lr, images_per_s=images_per_s)
+            if step % config.logging.every_steps == 0:
+                self.metrics.log_step(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "lr": lr,
+                        "loss": loss_value,
+                        "images_per_s": images_per_s,
+                        "step_time_s": elapsed,
+                        "elapsed_s": state.train_time_s,
+                        "skipped_steps": getattr(engine, "skipped_steps", 0),
+                    }
+                )
+            if probing:
+                self.metrics.log_activations(step, variances, input_second_moments(self.optimizer))
+            if stop or (stop_after is not None and state.global_step >= stop_after):
+                why = "preempted" if stop else "stop_after_steps"
+                if stop:
+                    name = (
+                        signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
+                    )
+                    self.log.warning("Stop requested (%s on some rank): checkpointing", name)
+                if config.checkpoint.enabled:
+                    self._save()
+                return why
+            every = config.checkpoint.every_steps
+            epoch_end = (
+                state.step_in_epoch == self.steps_per_epoch and config.checkpoint.every_epoch
+            )
+            if (
+                config.checkpoint.enabled
+                and every
+                and state.global_step % every == 0
+                and not epoch_end
+            ):
+                self._save()
+        return None
+
+    def _prepare(self, batch):
+        images, labels = batch
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.config.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.random_erasing is not None:
+            images = self.random_erasing(images)
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        if self.input_dtype is not None:
+            images = images.to(self.input_dtype)
+        return images, targets
+
+    def _check(self, loss: torch.Tensor, step: int) -> tuple[float, bool]:
+        """All-reduce (loss, non-finite, stop); raise on a non-finite loss anywhere."""
+        detached = loss.detach().float()
+        flags = torch.stack(
+            [
+                torch.nan_to_num(detached, nan=0.0, posinf=0.0, neginf=0.0),
+                (~torch.isfinite(detached)).float(),
+                torch.tensor(float(self._stop_requested), device=detached.device),
+            ]
+        )
+        if self.world_size > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+        total, bad, stop = flags.tolist()
+        if bad:
+            latest = self.checkpoints.latest()
+            kept = f"the last good checkpoint is {latest.path}" if latest else "no checkpoint yet"
+            raise TrainingDiverged(
+                f"Non-finite loss on {int(bad)} of {self.world_size} rank(s) at step {step}, "
+                f"epoch {self.state.epoch} (this rank: {float(detached):.4g}): stopping before "
+                f"the optimizer step; {kept}. "
+                "Lower optim.lr, add warm-up (schedule.warmup_epochs) or gradient clipping."
+            )
+        return total / self.world_size, stop > 0
+
+    # -- evaluation, checkpoints, records ------------------------------------------------
+    def _evaluate(self, epoch: int) -> EvalResult:
+        with self._paused():
+            return self._evaluate_now(epoch)
+
+    def _evaluate_now(self, epoch: int) -> EvalResult:
+        tick = time.perf_counter()
+        average_batchnorm_buffers(self.engine.module)
+        val = self.loaders.val
+        result = evaluate(
+            self.engine,
+            val,
+            device=self.device,
+            channels_last=self.config.model.channels_last,
+            input_dtype=self.input_dtype,
+            expected_count=self.loaders.val_total,
+            count_skipped=(lambda: val.num_skipped) if hasattr(val, "num_skipped") else None,
+        )
+        state = self.state
+        state.last_eval_epoch = epoch
+        state.last_eval = {"epoch": epoch, "step": state.global_step, **result.as_dict()}
+        if state.best_top1 is None or result.top1 > state.best_top1:
+            state.best_top1, state.best_epoch = result.top1, epoch
+        self.metrics.log_eval(
+            {
+                "step": state.global_step,
+                "epoch": epoch,
+                "top1": result.top1,
+                "top5": result.top5,
+                "loss": result.loss,
+                "count": result.count,
+                "elapsed_s": state.train_time_s,
+            }
+        )
+        message = (
+            f"epoch {epoch}: val top-1 {result.top1:.2f}% top-5 {result.top5:.2f}% "
+            f"loss {result.loss:.4f} ({result.count} images, {time.perf_counter() - tick:.1f} s)"
+        )
+        if self.progress.bar is not None:
+            self.progress.write(message)
+        else:
+            self.log.info(message)
+        return result
+
+    def _save(self) -> None:
+        with self._paused():
+            self._save_now()
+
+    def _save_now(self) -> None:
+        self.metrics.flush(durable=True)  # the records are never behind a checkpoint
+        average_batchnorm_buffers(self.engine.module)
+        state = self.state
+        top1 = None  # only an epoch-end checkpoint right after its evaluation has a score
+        if (
+            state.step_in_epoch == 0
+            and state.last_eval
+            and state.last_eval_epoch == state.epoch - 1
+        ):
+            top1 = state.last_eval["top1"]
+        self.checkpoints.save(
+            self.engine,
+            step=state.global_step,
+            epoch=state.epoch,
+            top1=top1,
+            trainer_state=asdict(state),
+            rank_state={"mixup": mixup_state(self.mixup)},
+        )
+
+    def _plot(self) -> list[Path]:
+        self.metrics.flush()
+        try:
+            with self._paused():
+                return plot_run(self.run_dir)
+        except Exception as error:  # a plot must never take a run down
+            self.log.warning("Plotting failed: %s", error)
+            return []
+
+    def _finish(self, reason: str, wall_s: float) -> dict[str, Any]:
+        state = self.state
+        peak = _peak_memory_mb(self.device)
+        if self.world_size > 1 and reason != "error":  # every rank got here: reduce
+            tensor = torch.tensor([peak], dtype=torch.float64, device=self.device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            peak = float(tensor.item())
+        best = self.checkpoints.best()
+        summary = {
+            "name": self.config.run.name,
+            "finished": reason == "completed",
+            "stop_reason": reason,
+            "optimizer": self.config.optim.name,
+            "model": self.config.model.name,
+            "world_size": self.world_size,
+            "plan": self.plan.as_dict(),
+            "epochs": self.config.schedule.epochs,
+            "epochs_done": state.epoch,
+            "steps": state.global_step,
+            "total_steps": self.total_steps,
+            "best_top1": state.best_top1,
+            "best_epoch": state.best_epoch,
+            "final_top1": state.last_eval["top1"] if state.last_eval else None,
+            "final_top5": state.last_eval["top5"] if state.last_eval else None,
+            "final_eval_count": state.last_eval["count"] if state.last_eval else None,
+            "train_time_s": state.train_time_s,
+            "wall_time_s": wall_s,
+            "images_per_s": state.images_seen / state.train_time_s if state.train_time_s else None,
+            "peak_memory_mb": peak,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "best_checkpoint": str(best.path) if best else None,
+            "run_dir": str(self.run_dir),
+        }
+        if self.rank == 0:
+            (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1))
+            plots = self._plot() if self.config.logging.plots and reason != "error" else []
+            self.metrics.flush()
+            where = f"; plots {plots[0].parent}" if plots else ""
+            if reason == "completed":
+                self.log.info(
+                    "final validation top-1 %.1f%% (best %.1f%% at epoch %s); summary %s%s",
+                    summary["final_top1"], summary["best_top1"], summary["best_epoch"],
+                    self.run_dir / SUMMARY, where,
+                )  # fmt: skip
+            else:
+                last = summary["final_top1"]
+                self.log.info(
+                    "stopped (%s) at step %d of %d; last validation top-1 %s; summary %s%s",
+                    reason, state.global_step, self.total_steps,
+                    "none yet" if last is None else f"{last:.1f}%", self.run_dir / SUMMARY, where,
+                )  # fmt: skip
+        return summary
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run ``config`` to completion on this process's rank; the summary on every rank."""
+    trainer = None
+    try:
+        trainer = Trainer(config)
+        return trainer.run()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        shutdown()
+
+
+__all__ = ["ConfigError", "Trainer", "TrainerState", "TrainingDiverged", "train"]

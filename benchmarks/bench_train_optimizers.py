@@ -1,0 +1,161 @@
+"""Images/s of AdaAct vs SGD-momentum vs AdamW in the trainer's own loop, in one run.
+
+    .venv/bin/python benchmarks/bench_train_optimizers.py --out benchmarks/train_optimizers.md
+
+Two workloads, each on one process through ``Trainer`` exactly as a launch would build
+it (DeepSpeed engine, per-step lr, loss all-reduce, Mixup if configured):
+
+* ``demo``: ``configs/demo.yaml`` (digits shards, small ResNet, 32 px, batch 64);
+* ``resnet50``: timm ResNet-50 on synthetic batches (``data.backend: synthetic``).
+
+The machines are shared and noisy, so the optimizers are interleaved finely: one
+trainer per optimizer is built up front, and every round continues each trainer's loop
+(``Trainer.run`` again with a higher ``run.stop_after_steps``) for ``--steps`` steps, in
+rotating order; the first ``--warmup`` rounds are not timed. The table reports medians
+of the per-step wall time over all timed steps, and the speed relative to SGD.
+Checkpoints, plots and the activation probe are off: the comparison is about the
+optimizer inside the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adaact_dist.train.config_io import load_config  # noqa: E402
+from adaact_dist.train.trainer import Trainer  # noqa: E402
+
+OPTIMIZERS = {  # lr only keeps the short runs finite; speed does not depend on it
+    "adaact": ["optim.name=adaact", "optim.lr=0.1"],
+    "sgd": ["optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9"],
+    "adamw": ["optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.05"],
+}
+COMMON = [
+    "checkpoint.enabled=false",
+    "checkpoint.resume=never",
+    "logging.plots=false",
+    "logging.tensorboard=false",
+    "logging.progress_bar=false",
+    "logging.activation_every_steps=0",
+    "schedule.epochs=100",
+]
+
+
+def workloads(args) -> dict[str, tuple[str | None, list[str]]]:
+    resnet50 = [
+        "data.backend=synthetic",
+        "model.name=resnet50",
+        "model.num_classes=1000",
+        f"data.image_size={args.image_size}",
+        f"data.global_batch_size={args.batch}",
+        f"data.synthetic_train_samples={args.batch * 1000}",
+        "distributed.zero_stage=0",
+        "distributed.precision=fp32",
+        "model.channels_last=true",
+    ]
+    demo = [f"data.root={args.data}"] if args.data else []
+    return {"demo": ("demo", demo), "resnet50": (None, resnet50)}
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
+        )
+    except (OSError, StopIteration, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+
+
+def step_times(run_dir: Path) -> list[float]:
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        return [float(row["step_time_s"]) for row in csv.DictReader(handle)]
+
+
+def bench(name, base, overrides, args, scratch: Path) -> dict[str, dict[str, float]]:
+    trainers = {}
+    for opt in OPTIMIZERS:
+        config = load_config(
+            base, [*COMMON, *overrides, *OPTIMIZERS[opt], f"run.output_dir={scratch / name / opt}"]
+        )
+        trainers[opt] = Trainer(config)
+    order = list(OPTIMIZERS)
+    for round_ in range(args.warmup + args.rounds):
+        for opt in order[round_ % len(order) :] + order[: round_ % len(order)]:
+            trainer = trainers[opt]  # continue this trainer's loop for --steps steps
+            trainer.config.run.stop_after_steps = trainer.state.global_step + args.steps
+            trainer.run()
+    batch = trainers["sgd"].plan.global_batch_size
+    times = {}
+    for opt, trainer in trainers.items():
+        trainer.close()
+        times[opt] = step_times(scratch / name / opt)[args.warmup * args.steps :]
+    sgd = statistics.median(times["sgd"])
+    return {
+        opt: {
+            "median_step_s": statistics.median(values),
+            "images_per_s": batch / statistics.median(values),
+            "vs_sgd": sgd / statistics.median(values),
+            "samples": len(values),
+        }
+        for opt, values in times.items()
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", nargs="+", default=["demo", "resnet50"])
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed first rounds")
+    parser.add_argument("--steps", type=int, default=2, help="steps per optimizer per round")
+    parser.add_argument("--image-size", type=int, default=128, help="resnet50 image size")
+    parser.add_argument("--batch", type=int, default=16, help="resnet50 global batch")
+    parser.add_argument("--data", default=None, help="demo data cache dir (data.root)")
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    args = parser.parse_args()
+    started = time.time()
+    lines = [
+        "# Trainer throughput: AdaAct vs SGD-momentum vs AdamW",
+        "",
+        f"Machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch "
+        f"{torch.__version__}, one process, fp32, DeepSpeed CPU accelerator; demo as "
+        "configs/demo.yaml (ZeRO-1), resnet50 at ZeRO stage 0.",
+        f"Command: `.venv/bin/python benchmarks/bench_train_optimizers.py "
+        f"--rounds {args.rounds} --warmup {args.warmup} --steps {args.steps} "
+        f"--image-size {args.image_size} "
+        f"--batch {args.batch}`. Interleaved rounds on a shared machine; medians of "
+        "per-step wall time (data + forward + backward + optimizer step) over all rounds.",
+        "",
+        "| workload | optimizer | median step (s) | images/s | speed vs SGD | steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.workloads:
+            base, overrides = workloads(args)[name]
+            for opt, row in bench(name, base, overrides, args, Path(scratch)).items():
+                lines.append(
+                    f"| {name} | {opt} | {row['median_step_s']:.4f} | {row['images_per_s']:.1f} "
+                    f"| {row['vs_sgd']:.3f} | {row['samples']} |"
+                )
+    lines += ["", f"Total benchmark time: {time.time() - started:.0f} s."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
