@@ -19,6 +19,7 @@ import itertools
 import logging
 import multiprocessing
 import random
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -164,6 +165,13 @@ class _ShardStream(IterableDataset):
             yield batch, torch.tensor(labels, dtype=torch.int64), bad
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    """Leave preemption to the trainer: a SIGTERM sent to the whole process group (Slurm,
+    the deepspeed launcher) must not kill the workers before the trainer's checkpoint.
+    Workers still end when the loader shuts them down or their parent exits."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class WdsLoader(RankLoader):
     """Iterable over ``(images, labels)`` batches of one rank; see :func:`create_loader`."""
 
@@ -192,6 +200,7 @@ class WdsLoader(RankLoader):
             persistent_workers=workers > 0,
             prefetch_factor=cfg.prefetch if workers > 0 else None,
             pin_memory=cfg.device.type == "cuda",
+            worker_init_fn=_ignore_sigterm,
         )
         self._normalize = BatchNormalizer(cfg.mean, cfg.std, cfg.device, cfg.channels_last)
 
