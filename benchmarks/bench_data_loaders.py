@@ -23,26 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def prepare(work: Path, images: int) -> tuple[Path, Path]:
@@ -175,7 +163,7 @@ def main() -> None:
         for name in names
     }
     load = os.getloadavg()
-    print(f"\n{cpu_model()}, {cores} cores, torch {torch.__version__}, {args.workers} workers")
+    print(f"\n{cpu_name()}, {cores} cores, torch {torch.__version__}, {args.workers} workers")
     print(f"load average during the run (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(
         f"{args.images} photos at 224 px, batch {args.batch_size}, RandAugment {augment}, "

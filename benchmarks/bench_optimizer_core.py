@@ -10,28 +10,17 @@ published AdaAct code takes convolution statistics (im2col patches), as the anch
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 import timm
 import torch
 import torch.nn.functional as F
+from machine import cpu_name
 from torch import nn
 
 from adaact_dist import AdaAct
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
-        )
-    except (OSError, StopIteration, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
 
 
 def unfold_hooks(model: nn.Module) -> list:

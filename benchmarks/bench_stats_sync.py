@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from machine import cpu_name
 
 import adaact_dist
 from adaact_dist.dist import TorchStatsSync, bind_deepspeed, init_distributed
@@ -144,9 +144,7 @@ def main() -> None:
     results = [run(args, k) for k in args.sync_every]
     if dist.get_rank() != 0:
         return
-    machine = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((line.split(":", 1)[1].strip() for line in machine.splitlines()
-                 if line.startswith("Model name")), "unknown")  # fmt: skip
+    name = cpu_name()
     print(f"\n{name}, {dist.get_world_size()} rank(s), 1 thread each, ZeRO stage {args.stage}, "
           f"resnet50, batch {args.batch} x {args.size} px per rank")  # fmt: skip
     print("| k | step (ms) | sync (ms), n | sync/step amortised | allreduce alone (ms) "

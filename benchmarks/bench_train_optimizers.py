@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,16 +66,6 @@ def workloads(args) -> dict[str, tuple[str | None, list[str]]]:
     ]
     demo = [f"data.root={args.data}"] if args.data else []
     return {"demo": ("demo", demo), "resnet50": (None, resnet50)}
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
-        )
-    except (OSError, StopIteration, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
 
 
 def step_times(run_dir: Path) -> list[float]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adaact_dist.data._files import atomic_write_text
+from adaact_dist._files import atomic_write_text
 
 __all__ = ["MANIFEST_NAME", "FORMAT", "ShardInfo", "Manifest", "read_manifest", "write_manifest"]
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from PIL import UnidentifiedImageError
 
-from adaact_dist.data._files import (
+from adaact_dist._files import (
     PARTIAL_SUFFIX,
     atomic_write_text,
     commit,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from adaact_dist._files import fsync_dir
 from adaact_dist.train.logger import get_logger
 
 META = "meta.json"
@@ -159,7 +160,7 @@ class CheckpointManager:
             (tmp / META).write_text(json.dumps(meta, indent=1))
             _fsync_tree(tmp)
             os.rename(tmp, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             self._prune()
             get_logger().info(
                 "Checkpoint %s written in %.1f s", final, time.perf_counter() - started
@@ -206,17 +207,4 @@ def _fsync_tree(root: Path) -> None:
         for name in files:
             with open(os.path.join(folder, name), "rb") as handle:
                 os.fsync(handle.fileno())
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(Path(folder))
