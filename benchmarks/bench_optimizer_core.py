@@ -104,8 +104,8 @@ def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int]
         return timm.optim.param_groups_weight_decay(model, weight_decay=1e-4)
 
     adaact = AdaAct(groups(), model=model, lr=1e-3)
-    adaact_loop = AdaAct(groups(), model=model, lr=1e-3, foreach=False)
-    adaact_loop.remove_hooks()
+    adaact_foreach = AdaAct(groups(), model=model, lr=1e-3, foreach=True)
+    adaact_foreach.remove_hooks()
     sgd = torch.optim.SGD(groups(), lr=1e-3, momentum=0.9, foreach=True)
     adamw = torch.optim.AdamW(groups(), lr=1e-3, foreach=True)
     model.zero_grad(set_to_none=True)
@@ -134,7 +134,7 @@ def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int]
 
     variants = {
         "AdaAct": adaact_step(adaact),
-        "AdaAct for-loop": adaact_step(adaact_loop),
+        "AdaAct foreach": adaact_step(adaact_foreach),
         "SGD momentum": timed(sgd),
         "AdamW": timed(adamw),
     }
@@ -171,7 +171,7 @@ def main() -> None:
         f"{args.step_repeats} (step) interleaved repetitions.",
         "",
         "| model | fwd+bwd no hooks (s) | AdaAct hooks | unfold hooks | step AdaAct (ms) "
-        "| step for-loop | step SGD-m | step AdamW | AdaAct/SGD | AdaAct/AdamW "
+        "| step foreach | step SGD-m | step AdamW | AdaAct/SGD | AdaAct/AdamW "
         "| state AdaAct/AdamW |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -191,7 +191,7 @@ def main() -> None:
         row = (
             f"| {name} | {base:.3f} | {fb['AdaAct hooks'] / base:.3f}x "
             f"| {fb['unfold hooks'] / base:.3f}x | {step['AdaAct'] * 1e3:.1f} "
-            f"| {step['AdaAct for-loop'] * 1e3:.1f} "
+            f"| {step['AdaAct foreach'] * 1e3:.1f} "
             f"| {step['SGD momentum'] * 1e3:.1f} | {step['AdamW'] * 1e3:.1f} "
             f"| {step['AdaAct'] / step['SGD momentum']:.2f}x "
             f"| {step['AdaAct'] / step['AdamW']:.2f}x "

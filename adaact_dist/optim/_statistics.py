@@ -50,14 +50,28 @@ def linear_input_sum_sq(x: Tensor) -> tuple[Tensor, int]:
 
 
 def _batch_sum_of_squares(x: Tensor) -> Tensor:
-    """Sum of squares over the batch of an ``(N, C, H, W)`` tensor, in its memory order.
+    """Sum of squares over the batch of an ``(N, C, H, W)`` tensor, in its memory layout.
 
-    A channels_last tensor is reduced as the contiguous ``(N, H, W, C)`` it is: summing
-    the strided NCHW view over ``N`` is about 15x slower on CPU.
+    On CPU one fused multiply-add per sample into an image-sized accumulator is about 3x
+    faster than squaring the whole batch into a temporary first (the temporary's page
+    faults dominate). On GPUs the fused square-and-reduce is one kernel and the caching
+    allocator makes its temporary free.
     """
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return _sum_of_squares(x.permute(0, 2, 3, 1), 0).permute(2, 0, 1)
-    return _sum_of_squares(x, 0)
+    if x.device.type != "cpu":
+        return _sum_of_squares(x, 0)
+    dtype = accumulation_dtype(x.dtype)
+    total = torch.zeros_like(x[0], dtype=dtype)
+    for sample in x:
+        sample = sample.to(dtype)
+        total.addcmul_(sample, sample)
+    return total
+
+
+def _like_layout(image: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """An empty ``(C, a, b)`` tensor whose channels are innermost when ``image``'s are."""
+    if image.stride(0) == 1 and image.shape[0] > 1:
+        return image.new_empty(shape[1:] + shape[:1]).permute(2, 0, 1)
+    return image.new_empty(shape)
 
 
 def _conv2d_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
@@ -89,15 +103,18 @@ def conv2d_input_sum_sq(module: nn.Conv2d, x: Tensor) -> tuple[Tensor, int]:
     pad = _conv2d_padding(module)
     if any(pad):
         image = F.pad(image, pad, mode=_PAD_MODES[module.padding_mode])
-    image = image[0].contiguous()
+    image = image[0]  # (C, H, W), in whatever memory order the input had
     channels, height, width = image.shape
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
     out_h = (height - dh * (kh - 1) - 1) // sh + 1
     out_w = (width - dw * (kw - 1) - 1) // sw + 1
-    # Windows over rows: for kernel row i, rows i*dh + sh*p for p < out_h.
-    rows = image.as_strided(
-        (channels, kh, out_h, width), (height * width, dh * width, sh * width, 1)
-    ).sum(2)
-    # Then over columns of that (C, kh, W) result.
-    sums = rows.as_strided((channels, kh, kw, out_w), (kh * width, width, dw, sw)).sum(3)
+    # Windows over rows: for kernel row i, rows i*dh + sh*p for p < out_h; then over the
+    # columns of that (C, kh, W) result. The views follow the tensor's own strides, and the
+    # results keep its channel order, so channels_last sums need no transposing copy.
+    s_c, s_h, s_w = image.stride()
+    windows = image.as_strided((channels, kh, out_h, width), (s_c, dh * s_h, sh * s_h, s_w))
+    rows = torch.sum(windows, 2, out=_like_layout(image, (channels, kh, width)))
+    r_c, r_k, r_w = rows.stride()
+    windows = rows.as_strided((channels, kh, kw, out_w), (r_c, r_k, dw * r_w, sw * r_w))
+    sums = torch.sum(windows, 3, out=_like_layout(image, (channels, kh, kw)))
     return sums, batch * out_h * out_w

@@ -78,8 +78,9 @@ class AdaAct(Optimizer):
         other_rule: ``"sgd"`` (the paper's) or ``"sgd_momentum"`` for parameters that
             are not preconditioned.
         other_momentum: momentum of ``"sgd_momentum"``.
-        foreach: use multi-tensor kernels; ``None`` picks them (they are faster on both
-            CPU and GPU, see ``benchmarks/optimizer_core.md``).
+        foreach: use multi-tensor kernels; ``None`` picks them for GPU tensors and the
+            per-tensor loop on CPU, where the loop measured faster
+            (``benchmarks/optimizer_core.md``).
     """
 
     def __init__(
@@ -146,7 +147,7 @@ class AdaAct(Optimizer):
         self.distributor = distributor
         self.other_rule = other_rule
         self.other_momentum = other_momentum
-        self.foreach = True if foreach is None else foreach
+        self.foreach = foreach
         self._stats_step = 0
         self._folded = False  # this step's statistics are in V already
         self._known = {id(p) for p in params_in_groups}
@@ -403,7 +404,7 @@ class AdaAct(Optimizer):
             lr=lr,
             beta1=beta1,
             weight_decay=weight_decay,
-            foreach=self.foreach,
+            foreach=self._use_foreach(params),
         )
         sgd(
             others,
@@ -412,8 +413,13 @@ class AdaAct(Optimizer):
             lr=lr,
             momentum=self.other_momentum if self.other_rule == "sgd_momentum" else 0.0,
             weight_decay=weight_decay,
-            foreach=self.foreach,
+            foreach=self._use_foreach(others),
         )
+
+    def _use_foreach(self, tensors: list[Tensor]) -> bool:
+        if self.foreach is not None:
+            return self.foreach
+        return bool(tensors) and tensors[0].device.type != "cpu"
 
     def _update_flat(self, flat: Tensor, group: dict[str, Any]) -> None:
         """The update of one flat tensor, piece by piece, with the same kernels as above."""
@@ -459,7 +465,7 @@ class AdaAct(Optimizer):
             lr=group["lr"],
             beta1=group["betas"][0],
             weight_decay=group["weight_decay"],
-            foreach=self.foreach,
+            foreach=self._use_foreach([values]),
         )
         momentum = self.other_momentum if self.other_rule == "sgd_momentum" else 0.0
         sgd(
@@ -469,7 +475,7 @@ class AdaAct(Optimizer):
             lr=group["lr"],
             momentum=momentum,
             weight_decay=group["weight_decay"],
-            foreach=self.foreach,
+            foreach=self._use_foreach([values]),
         )
 
 
