@@ -49,22 +49,31 @@ def linear_input_sum_sq(x: Tensor) -> tuple[Tensor, int]:
     return _sum_of_squares(flat, 0), flat.shape[0]
 
 
+# Per-sample accumulation pays off on CPU once one sample no longer fits in cache; below
+# this many elements the fused square-and-sum is faster (a Python call per sample costs
+# more than the temporary).
+_PER_SAMPLE_MIN_NUMEL = 1 << 16
+
+
 def _batch_sum_of_squares(x: Tensor) -> Tensor:
     """Sum of squares over the batch of an ``(N, C, H, W)`` tensor, in its memory layout.
 
-    On CPU one fused multiply-add per sample into an image-sized accumulator is about 3x
-    faster than squaring the whole batch into a temporary first (the temporary's page
-    faults dominate). On GPUs the fused square-and-reduce is one kernel and the caching
-    allocator makes its temporary free.
+    On CPU, for large images, one fused multiply-add per sample into an image-sized
+    accumulator is about 3x faster than squaring the whole batch into a temporary first
+    (the temporary's page faults dominate). Otherwise, and on GPUs where it is one kernel
+    and the caching allocator makes the temporary free, square then sum; a channels_last
+    batch is summed as the contiguous ``(N, H, W, C)`` it is (15x faster on CPU).
     """
-    if x.device.type != "cpu":
-        return _sum_of_squares(x, 0)
-    dtype = accumulation_dtype(x.dtype)
-    total = torch.zeros_like(x[0], dtype=dtype)
-    for sample in x:
-        sample = sample.to(dtype)
-        total.addcmul_(sample, sample)
-    return total
+    if x.device.type == "cpu" and x[0].numel() >= _PER_SAMPLE_MIN_NUMEL:
+        dtype = accumulation_dtype(x.dtype)
+        total = torch.zeros_like(x[0], dtype=dtype)
+        for sample in x:
+            sample = sample.to(dtype)
+            total.addcmul_(sample, sample)
+        return total
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return _sum_of_squares(x.permute(0, 2, 3, 1), 0).permute(2, 0, 1)
+    return _sum_of_squares(x, 0)
 
 
 def _like_layout(image: Tensor, shape: tuple[int, int, int]) -> Tensor:

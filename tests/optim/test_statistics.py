@@ -8,7 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from adaact_dist.optim._statistics import conv2d_input_sum_sq, linear_input_sum_sq
+from adaact_dist.optim._statistics import (
+    _PER_SAMPLE_MIN_NUMEL,
+    conv2d_input_sum_sq,
+    linear_input_sum_sq,
+)
 from tests.optim.oracle import conv_samples
 
 
@@ -68,3 +72,20 @@ def test_unbatched_conv_input():
     unbatched, count_unbatched = conv2d_input_sum_sq(module, x)
     assert count == count_unbatched == 36
     torch.testing.assert_close(batched, unbatched)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_large_images_take_the_per_sample_path_with_the_same_result(channels_last, dtype):
+    """Samples of >= 2**16 elements are accumulated one by one on CPU; same sums."""
+    module = nn.Conv2d(16, 4, 3, stride=2, padding=1, dilation=2, groups=2)
+    x = torch.randn(2, 16, 64, 64, dtype=torch.float64).to(dtype)
+    assert x[0].numel() >= _PER_SAMPLE_MIN_NUMEL
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    sums, count = conv2d_input_sum_sq(module, x)
+    assert sums.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    patches = conv_samples(module.double(), x.double())
+    expected = (patches**2).sum(dim=1).reshape(16, 3, 3)
+    assert count == patches.shape[1]
+    torch.testing.assert_close(sums.double(), expected, rtol=1e-6, atol=0)
