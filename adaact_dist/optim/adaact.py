@@ -22,6 +22,8 @@ from adaact_dist.optim._functional import adaact, fold_statistics, refresh_preco
 from adaact_dist.optim._layers import PreconditionedLayer, find_layers, unwrap_model
 
 OTHER_RULES = ("sgd", "sgd_momentum")
+# Below this mean tensor size the CPU multi-tensor kernels beat a per-tensor loop.
+_CPU_FOREACH_MAX_MEAN_NUMEL = 1 << 16
 
 
 class StatsDistributor(Protocol):
@@ -78,9 +80,9 @@ class AdaAct(Optimizer):
         other_rule: ``"sgd"`` (the paper's) or ``"sgd_momentum"`` for parameters that
             are not preconditioned.
         other_momentum: momentum of ``"sgd_momentum"``.
-        foreach: use multi-tensor kernels; ``None`` picks them for GPU tensors and the
-            per-tensor loop on CPU, where the loop measured faster
-            (``benchmarks/optimizer_core.md``).
+        foreach: use multi-tensor kernels; ``None`` picks them for GPU tensors and, on
+            CPU, for lists of small tensors only: large ones measured faster in a
+            per-tensor loop (``benchmarks/optimizer_core.md``).
     """
 
     def __init__(
@@ -417,9 +419,16 @@ class AdaAct(Optimizer):
         )
 
     def _use_foreach(self, tensors: list[Tensor]) -> bool:
+        """The flag, or by measurement: multi-tensor kernels on GPUs; on CPU, where they are
+        C++ loops, only for many small tensors (ZeRO pieces, biases, norms), since large ones
+        measured faster one by one (``benchmarks/optimizer_core.md``)."""
         if self.foreach is not None:
             return self.foreach
-        return bool(tensors) and tensors[0].device.type != "cpu"
+        if not tensors:
+            return False
+        if tensors[0].device.type != "cpu":
+            return True
+        return sum(t.numel() for t in tensors) < _CPU_FOREACH_MAX_MEAN_NUMEL * len(tensors)
 
     def _update_flat(self, flat: Tensor, group: dict[str, Any]) -> None:
         """The update of one flat tensor, piece by piece, with the same kernels as above."""
