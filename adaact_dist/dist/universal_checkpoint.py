@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from adaact_dist._files import atomic_write_text
 from adaact_dist.dist.deepspeed_binding import CHECKPOINT_KEY, LAYOUTS, PARAM_SHAPES
 
 _OPTIM_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
@@ -101,7 +102,7 @@ def convert_to_universal(checkpoint_dir: str | Path, output_dir: str | Path | No
     torch.save(common, zero / "optimizer_state.pt")
     for model_states in sorted(source.glob("mp_rank_*_model_states.pt")):
         shutil.copy2(model_states, target / model_states.name)
-    (target.parent / "latest_universal").write_text(target.name)
+    atomic_write_text(target.parent / "latest_universal", target.name)
     return target
 
 

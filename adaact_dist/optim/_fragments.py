@@ -14,6 +14,7 @@ Only these integer descriptions persist between steps; the views are rebuilt per
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -55,10 +56,7 @@ class Piece:
 
     @property
     def numel(self) -> int:
-        total = 1
-        for size in self.shape:
-            total *= size
-        return total
+        return math.prod(self.shape)
 
 
 def weight_pieces(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from adaact_dist._files import atomic_write_text
 from adaact_dist.dist import HangWatchdog
 from adaact_dist.train.activations import ActivationProbe, input_second_moments
 from adaact_dist.train.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -544,7 +545,7 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
         if self.rank == 0:
-            (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1))
+            atomic_write_text(self.run_dir / SUMMARY, json.dumps(summary, indent=1))
             plots = self._plot() if self.config.logging.plots and reason != "error" else []
             self.metrics.flush()
             where = f"; plots {plots[0].parent}" if plots else ""
