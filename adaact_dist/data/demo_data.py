@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["default_cache_dir", "ensure_digits_shards"]
 
-_VERSION = 1
+_VERSION = 2
 _DONE = ".complete"
 
 

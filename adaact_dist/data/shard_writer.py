@@ -1,4 +1,4 @@
-"""Write an image split as webdataset tar shards, DALI index files and a manifest.
+"""Write an image split as webdataset tar shards, DALI index files, a manifest and timm's index.
 
 Command (also installed as the ``adaact-make-shards`` console script)::
 
@@ -10,8 +10,10 @@ Command (also installed as the ``adaact-make-shards`` console script)::
 
 Output, in ``<out>/<split>/``: ``<split>-000000.tar`` ... with one ``<key>.jpg`` + ``<key>.cls``
 pair per image (the key is the source path without extension), a ``.idx`` DALI index per tar,
-and ``manifest.json``. Samples are in one globally shuffled order fixed by ``--seed``, so a loader
-that reads shards in turn with a small shuffle buffer still sees classes mixed.
+and ``manifest.json``; the split's entry in ``<out>/_info.json`` lets timm's ``wds/`` reader
+find it (:mod:`adaact_dist.data.timm_info`). Samples are in one globally shuffled order fixed by
+``--seed``, so a loader that reads shards in turn with a small shuffle buffer still sees classes
+mixed.
 
 Re-running the same command finishes an interrupted run: shard ``i`` always holds the same
 images, a shard is written under a ``.partial`` name and renamed only when complete, and a
@@ -58,6 +60,7 @@ from adaact_dist.data.manifest import (
 )
 from adaact_dist.data.sources import SourceItem, SourceList, scan
 from adaact_dist.data.tar_index import IndexEntry, format_index, iter_index
+from adaact_dist.data.timm_info import remove_split_info, write_split_info
 
 __all__ = ["ShardPlan", "plan_shards", "write_shards", "verify_shards", "main"]
 
@@ -243,6 +246,7 @@ def _prepare_out_dir(out_dir: Path, plan_digest: str, overwrite: bool) -> None:
                 "replace them, or choose another --out"
             )
         log.warning("--overwrite: removing the shards of the previous plan in %s", out_dir)
+        remove_split_info(out_dir.parent, out_dir.name)
         for path in out_dir.iterdir():
             if path.suffix in (".tar", ".idx") or path.name == MANIFEST_NAME:
                 path.unlink()
@@ -284,7 +288,8 @@ def write_shards(
         command: Command line recorded in the manifest.
 
     Returns:
-        The manifest written to ``<out>/<split>/manifest.json``.
+        The manifest written to ``<out>/<split>/manifest.json`` (and copied into
+        ``<out>/_info.json``).
     """
     if not _SPLIT_RE.match(split):
         raise ValueError(f"Invalid split={split!r}: use letters, digits, '_' and '-'")
@@ -382,7 +387,9 @@ def write_shards(
         "%s: %d samples, %d classes, %d shards, %d converted, %d skipped",
         out_dir, manifest.total, manifest.num_classes, len(shards), converted, len(skipped),
     )  # fmt: skip
-    return read_manifest(out_dir)
+    manifest = read_manifest(out_dir)
+    write_split_info(out, manifest)
+    return manifest
 
 
 def verify_shards(directory: str | Path) -> list[str]:
