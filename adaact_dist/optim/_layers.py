@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from adaact_dist.optim._capture import DirectCallCapture
 from adaact_dist.optim._statistics import (
+    ConvGeometry,
     accumulation_dtype,
     conv2d_input_sum_sq,
     linear_input_sum_sq,
@@ -36,6 +38,13 @@ class PreconditionedLayer:
     pending_sum: Tensor = field(init=False, repr=False)
     pending_count: int = 0
     step: int = 0
+    running: int = 0
+    """How many calls of the module are in progress (its pre-hook ran, its forward did not end)."""
+    geometry: ConvGeometry | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        conv = isinstance(self.module, nn.Conv2d)
+        self.geometry = ConvGeometry.of_module(self.module) if conv else None
 
     @property
     def weight(self) -> nn.Parameter:
@@ -55,19 +64,24 @@ class PreconditionedLayer:
         grid = self.precond.view(self.groups, 1, *weight.shape[1:])
         return grid.expand(self.groups, weight.shape[0] // self.groups, *weight.shape[1:])
 
-    def accumulate(self, x: Tensor) -> None:
+    def accumulate(self, x: Tensor, geometry: ConvGeometry | None = None) -> None:
+        """Add the squares of one input (of a module call, or of a direct call's ``geometry``)."""
         if isinstance(self.module, nn.Conv2d):
-            sums, count = conv2d_input_sum_sq(self.module, x)
+            sums, count = conv2d_input_sum_sq(geometry or self.geometry, x)
         else:
             sums, count = linear_input_sum_sq(x)
-        self.pending_sum.add_(sums.view(-1))
+        # The sums keep the input's memory order: add by index, not by flattening them.
+        self.pending_sum.view(self.feature_shape).add_(sums)
         self.pending_count += count
 
 
 class LayerTable:
     """The preconditioned layers of a model, their flat buffers and their hooks."""
 
-    def __init__(self, layers: list[PreconditionedLayer], dtype: torch.dtype, device):
+    def __init__(
+        self, root: nn.Module, layers: list[PreconditionedLayer], dtype: torch.dtype, device
+    ):
+        self.root = root
         self.layers = layers
         total = sum(layer.numel for layer in layers)
         self.second_moment = torch.zeros(total, dtype=dtype, device=device)
@@ -75,6 +89,7 @@ class LayerTable:
         self.pending_sum = torch.zeros(total, dtype=dtype, device=device)
         self._bind_views()
         self._handles: list = []
+        self.capture = DirectCallCapture(self)
 
     def _bind_views(self) -> None:
         for layer in self.layers:
@@ -92,23 +107,39 @@ class LayerTable:
 
     def register_hooks(self) -> None:
         for layer in self.layers:
-            self._handles.append(layer.module.register_forward_pre_hook(self._hook(layer)))
+            module = layer.module
+            self._handles += [
+                module.register_forward_pre_hook(self._pre_hook(layer)),
+                module.register_forward_hook(self._post_hook(layer), always_call=True),
+            ]
+        self.capture.attach(self.root)
 
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.capture.detach()
 
-    def _hook(self, layer: PreconditionedLayer):
+    def collect(self, layer: PreconditionedLayer, x: Tensor, geometry=None) -> None:
+        x = x.detach()
+        if x.device != self.pending_sum.device:
+            self.to(x.device)
+        layer.accumulate(x, geometry)
+
+    def _pre_hook(self, layer: PreconditionedLayer):
         def collect(module: nn.Module, args: tuple) -> None:
-            if not (module.training and torch.is_grad_enabled()):
-                return
-            x = args[0].detach()
-            if x.device != self.pending_sum.device:
-                self.to(x.device)
-            layer.accumulate(x)
+            layer.running += 1
+            if module.training and torch.is_grad_enabled():
+                self.collect(layer, args[0])
 
         return collect
+
+    @staticmethod
+    def _post_hook(layer: PreconditionedLayer):
+        def done(module: nn.Module, args: tuple, output) -> None:
+            layer.running -= 1
+
+        return done
 
     def clear_pending(self) -> None:
         self.pending_sum.zero_()
@@ -152,9 +183,9 @@ def find_layers(model: nn.Module, params: Iterable[Tensor]) -> LayerTable:
         offset += layer.numel
         layers.append(layer)
     if not layers:
-        return LayerTable([], torch.float32, "cpu")
+        return LayerTable(model, [], torch.float32, "cpu")
     weights = [layer.weight for layer in layers]
     dtype = accumulation_dtype(weights[0].dtype)
     if any(w.dtype == torch.float64 for w in weights):
         dtype = torch.float64
-    return LayerTable(layers, dtype, weights[0].device)
+    return LayerTable(model, layers, dtype, weights[0].device)

@@ -165,6 +165,13 @@ class AdaAct(Optimizer):
         """The preconditioned layers, in model order."""
         return self._table.layers
 
+    @property
+    def functional_layers(self) -> list[str]:
+        """Layers whose weight the model passes to ``F.linear``/``F.conv2d`` itself instead of
+        calling the module (BEiT's and EVA's ``qkv``); their statistics come from those calls.
+        Known after the first training forward."""
+        return [layer.name for layer in self._table.capture.scopes]
+
     def remove_hooks(self) -> None:
         """Stop collecting statistics (the optimizer cannot step afterwards)."""
         self._table.remove_hooks()
@@ -309,7 +316,11 @@ class AdaAct(Optimizer):
                 f"statistics since the last step (e.g. {starved[:3]}). Run the forward pass "
                 "with model.train() and gradients enabled (not under torch.no_grad() or "
                 "inference_mode), and call zero_grad() before that forward, not between "
-                "forward and step()."
+                "forward and step(). AdaAct reads a layer's inputs when its module is called, "
+                "or when its weight is passed to F.linear/F.conv2d (found in the first training "
+                "forward, outside torch.compile); a weight used any other way (x @ weight.T) "
+                "needs one of those, or leave it out of AdaAct's params and give it to another "
+                "optimizer."
             )
         folded = [i for i, layer in enumerate(layers) if layer.pending_count > 0]
         if not folded:

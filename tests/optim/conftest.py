@@ -1,0 +1,13 @@
+"""Optimizer-core tests that take ``device`` run on the CPU and, where one exists, on CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request) -> torch.device:
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine (benchmarks/gpu_check.py runs these on one)")
+    return torch.device(request.param)
