@@ -7,15 +7,17 @@ SOURCES := $(wildcard adaact_dist launch tests benchmarks)
 
 .PHONY: test lint format demo clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml docker/cuda-pins.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch comes first, pinned, so that no later resolution pulls another build.
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	# torch (and DALI) come first, pinned in the file that docker/Dockerfile reads too, so that
+	# no later resolution pulls another build.
+	$(PY) -m pip install --quiet -r docker/cuda-pins.txt
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check $(SOURCES)
+	$(VENV)/bin/hadolint docker/Dockerfile
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)

@@ -24,6 +24,12 @@ Slurm, 2 nodes x 8 GPUs (one task per GPU; preemption sends SIGTERM -> checkpoin
     srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 --kill-on-bad-exit=1 \
         python launch/train_imagenet.py --config a2_resnet50 --set data.root=/data/imagenet-wds
 
+The same as a batch job that checkpoints before its time limit and requeues itself
+(``launch/torchrun_multinode.sh`` wraps the torchrun line; the image: ``docker/README.md``)::
+
+    sbatch --nodes 2 launch/slurm_train.sbatch --config a2_resnet50 \
+        --set data.root=/data/imagenet-wds
+
 One process (CPU or one GPU), e.g. the demo on any machine::
 
     python launch/train_imagenet.py --config demo
