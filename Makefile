@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SOURCES := $(wildcard adaact_dist launch tests benchmarks)
+SOURCES := $(wildcard adaact_dist launch tests benchmarks .ci)
 
 .PHONY: test lint format demo clean
 
@@ -17,12 +17,14 @@ $(STAMP): pyproject.toml docker/cuda-pins.txt
 
 test: $(STAMP)
 	$(PY) -m ruff check $(SOURCES)
+	$(PY) .ci/lint_coverage.py $(SOURCES)
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(SOURCES)
 	$(PY) -m ruff format --check $(SOURCES)
+	$(PY) .ci/lint_coverage.py $(SOURCES)
 
 format: $(STAMP)
 	$(PY) -m ruff format $(SOURCES)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from machine import cpu_name
 
 import adaact_dist
-from adaact_dist.dist import TorchStatsSync, bind_deepspeed, init_distributed
+from adaact_dist.distributed import TorchStatsSync, bind_deepspeed, init_distributed
 
 
 class TimedSync:

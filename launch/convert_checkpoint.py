@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from adaact_dist.dist import convert_to_universal
+from adaact_dist.distributed import convert_to_universal
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ class AdaAct(Optimizer):
 
     Engines that replace the parameters in ``param_groups`` by flat tensors (DeepSpeed
     ZeRO and its bf16/fp16 wrappers) describe them with :meth:`map_flat_tensor`;
-    ``adaact_dist.dist.bind_deepspeed`` does that for DeepSpeed.
+    ``adaact_dist.distributed.bind_deepspeed`` does that for DeepSpeed.
 
     Args:
         params: tensors or parameter-group dicts to optimise (per-group ``lr``,
@@ -378,8 +378,8 @@ class AdaAct(Optimizer):
                 raise RuntimeError(
                     f"AdaAct.step() met a parameter of shape {tuple(param.shape)} that it was not "
                     "given: an engine replaced the model's parameters (DeepSpeed ZeRO, bf16 or "
-                    "fp16). Call adaact_dist.dist.bind_deepspeed(engine, optimizer) right after "
-                    "deepspeed.initialize, or describe the tensor with map_flat_tensor()."
+                    "fp16). Call adaact_dist.distributed.bind_deepspeed(engine, optimizer) right "
+                    "after deepspeed.initialize, or describe the tensor with map_flat_tensor()."
                 )
             role, layer = self._roles.get(id(param), ("other", None))
             state = self.state[param]

@@ -145,7 +145,7 @@ def init_distributed(config: DistributedConfig) -> DistInfo:
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         from deepspeed.utils import logger as ds_logger
 
-        from adaact_dist.dist import init_distributed as init_bounded
+        from adaact_dist.distributed import init_distributed as init_bounded
 
         ds_logger.setLevel("ERROR" if quiet else "WARNING")
         if not any(isinstance(f, _ExpectedWarnings) for f in ds_logger.filters):

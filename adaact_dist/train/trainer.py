@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from adaact_dist._files import atomic_write_text
-from adaact_dist.dist import HangWatchdog
+from adaact_dist.distributed import HangWatchdog
 from adaact_dist.train.activations import ActivationProbe, input_second_moments
 from adaact_dist.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from adaact_dist.train.components import (
@@ -196,11 +196,11 @@ class Trainer:
         if config.optim.name == "adaact":
             # Maps ZeRO partitions / fp32 master copies onto layers, syncs the statistics
             # over the data-parallel group, checkpoints them, bounds the engine's collectives.
-            from adaact_dist.dist import bind_deepspeed
+            from adaact_dist.distributed import bind_deepspeed
 
             bind_deepspeed(self.engine, self.optimizer)
         else:  # the baselines: bound the engine's collectives all the same
-            from adaact_dist.dist.process_group import bound_collectives
+            from adaact_dist.distributed.process_group import bound_collectives
 
             engine = self.engine
             bound_collectives(

@@ -3,7 +3,7 @@
 This emulates what ZeRO does, in one process and float64: each group's parameters are
 concatenated, padded and cut into equal slices (so runs start and end inside rows and
 inside convolution groups), the optimizer sees only the slices, and the updated slices
-are copied back. No DeepSpeed here; ``tests/dist`` runs the real thing.
+are copied back. No DeepSpeed here; ``tests/distributed`` runs the real thing.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import adaact_dist
 from adaact_dist import AdaAct
-from adaact_dist.dist import TorchStatsSync
+from adaact_dist.distributed import TorchStatsSync
 from tests.optim.models import GroupedCNN
 from tests.optim.test_adaact_oracle import batches, max_relative_error
 

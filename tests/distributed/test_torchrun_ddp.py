@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.dist.common import max_relative_error, named_params, run_control
+from tests.distributed.common import max_relative_error, named_params, run_control
 
 
 def test_k1_ddp_matches_one_process(ddp_suite):

@@ -18,7 +18,7 @@ def init_distributed(timeout_s: float = 600.0, backend: str | None = None) -> No
     ``timeout_s`` instead of torch's default of 30 minutes (gloo raises; NCCL's watchdog
     aborts the communicator), so the job ends with an error. Groups created later (the
     ones DeepSpeed builds in ``deepspeed.initialize``) start with torch's default;
-    :func:`~adaact_dist.dist.bind_deepspeed` applies this timeout to the engine's.
+    :func:`~adaact_dist.distributed.bind_deepspeed` applies this timeout to the engine's.
     ``backend`` defaults to DeepSpeed's choice (nccl on GPUs, gloo on CPU).
     """
     global _timeout
@@ -26,7 +26,7 @@ def init_distributed(timeout_s: float = 600.0, backend: str | None = None) -> No
     if dist.is_initialized():
         raise RuntimeError(
             "torch.distributed is already initialised, so its timeout can no longer be set: "
-            "call adaact_dist.dist.init_distributed() before anything else starts it"
+            "call adaact_dist.distributed.init_distributed() before anything else starts it"
         )
     import deepspeed  # heavy; only the distributed entry points need it
 

@@ -1,7 +1,7 @@
 """A watchdog that ends a rank which stopped making progress, so no job waits forever.
 
 A dead rank leaves the others blocked in their next collective. The process-group
-timeout (:func:`adaact_dist.dist.init_distributed`) bounds that wait where the backend
+timeout (:func:`adaact_dist.distributed.init_distributed`) bounds that wait where the backend
 honours it; this thread bounds everything else (a rank stuck in a data loader, a
 collective that never times out): if no forward pass or optimizer step happens for
 ``timeout_s`` seconds, it prints every thread's stack and exits the process with

@@ -125,5 +125,5 @@ def _refuse_elastic_checkpoint(wrapper: object) -> None:
             "zero_optimization.elastic_checkpoint=true is not supported: DeepSpeed 0.19 "
             "restores elastic checkpoints only for optimizers that keep 'step' in their "
             "parameter groups (its FusedAdam). Set elastic_checkpoint to false; to resume on "
-            "another number of ranks, convert with adaact_dist.dist.convert_to_universal."
+            "another number of ranks, convert with adaact_dist.distributed.convert_to_universal."
         )

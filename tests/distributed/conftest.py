@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adaact_dist.dist import convert_to_universal
+from adaact_dist.distributed import convert_to_universal
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")

@@ -1,4 +1,4 @@
-"""One rank of the distributed tests; ``tests/dist/launch.py`` starts it with the deepspeed
+"""One rank of the distributed tests; ``tests/distributed/launch.py`` starts it with the deepspeed
 launcher. Each suite runs many engines in one process group (launching is the slow
 part) and rank 0 saves everything the tests compare to ``<out>/<suite>.pt``.
 """
@@ -18,8 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from adaact_dist.dist import TorchStatsSync, bind_deepspeed, init_distributed  # noqa: E402
-from tests.dist.common import (  # noqa: E402
+from adaact_dist.distributed import TorchStatsSync, bind_deepspeed, init_distributed  # noqa: E402
+from tests.distributed.common import (  # noqa: E402
     ds_config,
     make_model,
     make_optimizer,

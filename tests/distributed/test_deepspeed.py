@@ -12,8 +12,8 @@ import shutil
 import pytest
 import torch
 
-from adaact_dist.dist import convert_to_universal
-from tests.dist.common import max_relative_error, moved, named_params, run_control
+from adaact_dist.distributed import convert_to_universal
+from tests.distributed.common import max_relative_error, moved, named_params, run_control
 
 STAGES = (0, 1, 2)
 ZERO_WRAPPER = {0: "AdaAct", 1: "DeepSpeedZeroOptimizer", 2: "DeepSpeedZeroOptimizer"}

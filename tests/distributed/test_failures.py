@@ -6,8 +6,8 @@ Each case launches 2 real ranks; rank 1 fails at step 3. ``launch`` gives up aft
 
 from __future__ import annotations
 
-from adaact_dist.dist import WATCHDOG_EXIT_CODE
-from tests.dist.conftest import launch
+from adaact_dist.distributed import WATCHDOG_EXIT_CODE
+from tests.distributed.conftest import launch
 
 
 def output(done) -> str:

@@ -2,10 +2,10 @@
 
 ::
 
-    adaact_dist.dist.init_distributed(timeout_s=600)
+    adaact_dist.distributed.init_distributed(timeout_s=600)
     optimizer = AdaAct(model.parameters(), model=model, lr=4.0, stats_sync_every=k)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    adaact_dist.dist.bind_deepspeed(engine, optimizer)
+    adaact_dist.distributed.bind_deepspeed(engine, optimizer)
 
 Binding does five things. It changes no DeepSpeed code: it only wraps three methods of
 the engine's optimizer object (``step``, ``state_dict``, ``load_state_dict``), each
@@ -13,7 +13,7 @@ calling DeepSpeed's own first.
 
 1. Maps the flat partitions (ZeRO 1/2, BF16_Optimizer) or fp32 copies (fp16/bf16 at
    stage 0) that DeepSpeed put in the optimizer's groups onto the model's parameters
-   (:mod:`adaact_dist.dist.deepspeed_layout`), so each element is scaled by ``D`` of its
+   (:mod:`adaact_dist.distributed.deepspeed_layout`), so each element is scaled by ``D`` of its
    layer and input feature. Only per-fragment records persist, no per-element index.
 2. Gives AdaAct a :class:`TorchStatsSync` over the engine's data-parallel group (unless
    it already has a distributor): ``V`` is averaged in one all-reduce every k steps.
@@ -23,7 +23,7 @@ calling DeepSpeed's own first.
 4. Adds AdaAct's replicated statistics (``V``, ``D``, step counts, sync phase) and the
    fragment layout to DeepSpeed's per-rank optimizer checkpoint, and restores the
    statistics on load, whichever path DeepSpeed loads by (also universal checkpoints
-   written by :func:`adaact_dist.dist.convert_to_universal`).
+   written by :func:`adaact_dist.distributed.convert_to_universal`).
 5. Bounds the engine's collectives by the timeout given to ``init_distributed`` and,
    optionally, starts a :class:`HangWatchdog`: a dead or stuck rank ends the job.
 
@@ -43,10 +43,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaact_dist.dist.deepspeed_layout import FlatLayout, deepspeed_layouts
-from adaact_dist.dist.process_group import bound_collectives
-from adaact_dist.dist.torch_sync import TorchStatsSync
-from adaact_dist.dist.watchdog import HangWatchdog
+from adaact_dist.distributed.deepspeed_layout import FlatLayout, deepspeed_layouts
+from adaact_dist.distributed.process_group import bound_collectives
+from adaact_dist.distributed.torch_sync import TorchStatsSync
+from adaact_dist.distributed.watchdog import HangWatchdog
 from adaact_dist.optim import AdaAct
 
 # Entry that binding adds to each rank's DeepSpeed optimizer checkpoint.
@@ -76,7 +76,7 @@ def bind_deepspeed(
         engine: the ``DeepSpeedEngine``.
         optimizer: the :class:`AdaAct` given to ``deepspeed.initialize``.
         collective_timeout_s: bound on every collective of the engine's process groups;
-            default: the timeout given to :func:`adaact_dist.dist.init_distributed`
+            default: the timeout given to :func:`adaact_dist.distributed.init_distributed`
             (DeepSpeed creates its groups with torch's 30-minute default).
         hang_timeout_s: if set, start a :class:`HangWatchdog` that ends this rank when no
             forward pass or optimizer step happens for that many seconds (choose it above
@@ -212,8 +212,8 @@ def _saved_statistics(arguments: dict[str, Any]) -> dict[str, Any]:
     if entry is None:
         raise ValueError(
             f"{where} has no AdaAct statistics ({CHECKPOINT_KEY!r}): it was saved without "
-            "adaact_dist.dist.bind_deepspeed, or converted with DeepSpeed's ds_to_universal "
-            "(use adaact_dist.dist.convert_to_universal / launch/convert_checkpoint.py)"
+            "adaact_dist.distributed.bind_deepspeed, or converted with DeepSpeed's ds_to_universal "
+            "(use adaact_dist.distributed.convert_to_universal / launch/convert_checkpoint.py)"
         )
     return entry[STATS]
 
