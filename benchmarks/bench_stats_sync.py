@@ -4,7 +4,7 @@
     .venv/bin/deepspeed --num_gpus 1 benchmarks/bench_stats_sync.py --json sync1.json
 
 On every rank: timm resnet50 (25.6 M parameters), AdaAct with timm's parameter grouping,
-``deepspeed.initialize`` at ZeRO stage ``--stage`` and ``bind_deepspeed``; ``--steps``
+``deepspeed_initialize`` at ZeRO stage ``--stage``; ``--steps``
 timed steps of ``--batch`` random images per rank after ``--warmup`` steps, for each
 ``k`` in ``--sync-every``. Reported (medians):
 
@@ -27,7 +27,6 @@ import statistics
 import time
 from pathlib import Path
 
-import deepspeed
 import timm
 import torch
 import torch.distributed as dist
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from machine import cpu_name
 
 import adaact_dist
-from adaact_dist.distributed import TorchStatsSync, bind_deepspeed, init_distributed
+from adaact_dist.distributed import TorchStatsSync, deepspeed_initialize, init_distributed
 
 
 class TimedSync:
@@ -67,12 +66,12 @@ def run(args, k: int) -> dict:
         "train_micro_batch_size_per_gpu": args.batch,
         "zero_optimization": {"stage": args.stage},
         "zero_allow_untested_optimizer": True,
+        "gradient_clipping": 0.0,  # DeepSpeed 0.19 clips at 1.0 unless told otherwise
         "steps_per_print": 10**6,
     }
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    timed = TimedSync(TorchStatsSync(engine.seq_data_parallel_group))
+    engine, *_ = deepspeed_initialize(model=model, optimizer=optimizer, config=config)
+    timed = TimedSync(optimizer.distributor)
     optimizer.distributor = timed
-    bind_deepspeed(engine, optimizer)
     refresh_seconds = []
     update = optimizer.update_preconditioner
 

@@ -1,7 +1,7 @@
 """Distributed glue: statistics sync, DeepSpeed ZeRO binding, checkpoints, failure bounds."""
 
-from adaact_dist.distributed.deepspeed_binding import bind_deepspeed
-from adaact_dist.distributed.process_group import init_distributed
+from adaact_dist.distributed.deepspeed_binding import deepspeed_initialize
+from adaact_dist.distributed.process_group import bound_engine_collectives, init_distributed
 from adaact_dist.distributed.torch_sync import TorchStatsSync
 from adaact_dist.distributed.universal_checkpoint import convert_to_universal
 from adaact_dist.distributed.watchdog import WATCHDOG_EXIT_CODE, HangWatchdog
@@ -10,7 +10,8 @@ __all__ = [
     "WATCHDOG_EXIT_CODE",
     "HangWatchdog",
     "TorchStatsSync",
-    "bind_deepspeed",
+    "bound_engine_collectives",
     "convert_to_universal",
+    "deepspeed_initialize",
     "init_distributed",
 ]

@@ -1,20 +1,26 @@
-"""Bind AdaAct to a DeepSpeed engine: the one call after ``deepspeed.initialize``.
+"""AdaAct under a DeepSpeed engine: ``deepspeed_initialize`` in place of ``deepspeed.initialize``.
 
 ::
 
     adaact_dist.distributed.init_distributed(timeout_s=600)
     optimizer = AdaAct(model.parameters(), model=model, lr=4.0, stats_sync_every=k)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    adaact_dist.distributed.bind_deepspeed(engine, optimizer)
+    engine, *_ = adaact_dist.distributed.deepspeed_initialize(
+        model=model, optimizer=optimizer, config=config
+    )
 
-Binding does five things. It changes no DeepSpeed code: it only wraps three methods of
-the engine's optimizer object (``step``, ``state_dict``, ``load_state_dict``), each
-calling DeepSpeed's own first.
+It calls ``deepspeed.initialize`` and binds the engine to AdaAct. That changes no
+DeepSpeed code: binding only wraps three methods of the engine's optimizer object
+(``step``, ``state_dict``, ``load_state_dict``), each calling DeepSpeed's own first. It:
 
+0. Keeps DeepSpeed's construction-time ``step()`` from AdaAct: its fp16 wrapper (fp16,
+   and bf16 at stage 0) steps the client optimizer once while it is built, with zero
+   gradients on its own fp32 copies, to create state; AdaAct cannot know those copies
+   yet, and the step carries nothing (no state is created, no step counted, no weight
+   decay).
 1. Maps the flat partitions (ZeRO 1/2, BF16_Optimizer) or fp32 copies (fp16/bf16 at
    stage 0) that DeepSpeed put in the optimizer's groups onto the model's parameters
-   (:mod:`adaact_dist.distributed.deepspeed_layout`), so each element is scaled by ``D`` of its
-   layer and input feature. Only per-fragment records persist, no per-element index.
+   (:mod:`adaact_dist.distributed.deepspeed_layout`), so each element is scaled by ``D``
+   of its layer and input feature. Only per-fragment records persist.
 2. Gives AdaAct a :class:`TorchStatsSync` over the engine's data-parallel group (unless
    it already has a distributor): ``V`` is averaged in one all-reduce every k steps.
 3. Ends AdaAct's step where DeepSpeed's ends, dropping the statistics of a step that
@@ -24,8 +30,10 @@ calling DeepSpeed's own first.
    fragment layout to DeepSpeed's per-rank optimizer checkpoint, and restores the
    statistics on load, whichever path DeepSpeed loads by (also universal checkpoints
    written by :func:`adaact_dist.distributed.convert_to_universal`).
-5. Bounds the engine's collectives by the timeout given to ``init_distributed`` and,
-   optionally, starts a :class:`HangWatchdog`: a dead or stuck rank ends the job.
+
+Bounding the engine's collectives and watching for hung ranks are the process group's
+business (:func:`~adaact_dist.distributed.bound_engine_collectives`,
+:class:`~adaact_dist.distributed.HangWatchdog`), for any optimizer.
 
 ZeRO calls ``AdaAct.step()`` once per parameter group; the first call folds this step's
 statistics (and syncs on a sync step), later calls find nothing pending, so the fold
@@ -34,19 +42,22 @@ happens exactly once per optimizer step.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
-from adaact_dist.distributed.deepspeed_layout import FlatLayout, deepspeed_layouts
-from adaact_dist.distributed.process_group import bound_collectives
+from adaact_dist.distributed.deepspeed_layout import (
+    FlatLayout,
+    deepspeed_layouts,
+    keeps_flat_checkpoint,
+)
 from adaact_dist.distributed.torch_sync import TorchStatsSync
-from adaact_dist.distributed.watchdog import HangWatchdog
 from adaact_dist.optim import AdaAct
 
 # Entry that binding adds to each rank's DeepSpeed optimizer checkpoint.
@@ -60,31 +71,40 @@ FORMAT_VERSION = 1
 _bound: weakref.WeakSet = weakref.WeakSet()
 
 
-def bind_deepspeed(
-    engine: Any,
-    optimizer: AdaAct,
-    *,
-    collective_timeout_s: float | None = None,
-    hang_timeout_s: float | None = None,
-) -> HangWatchdog | None:
-    """Make ``engine`` (from ``deepspeed.initialize(optimizer=optimizer, ...)``) run AdaAct.
+def deepspeed_initialize(*, model: torch.nn.Module, optimizer: AdaAct, **kwargs: Any) -> tuple:
+    """``deepspeed.initialize(model=model, optimizer=optimizer, **kwargs)``, bound to AdaAct.
 
-    Call it on every rank right after ``deepspeed.initialize``: before the first step and
-    before ``engine.load_checkpoint``.
+    Call it on every rank, like ``deepspeed.initialize``, whose tuple it returns
+    ``(engine, engine_optimizer, dataloader, lr_scheduler)``; load checkpoints after it.
+    """
+    import deepspeed
 
-    Args:
-        engine: the ``DeepSpeedEngine``.
-        optimizer: the :class:`AdaAct` given to ``deepspeed.initialize``.
-        collective_timeout_s: bound on every collective of the engine's process groups;
-            default: the timeout given to :func:`adaact_dist.distributed.init_distributed`
-            (DeepSpeed creates its groups with torch's 30-minute default).
-        hang_timeout_s: if set, start a :class:`HangWatchdog` that ends this rank when no
-            forward pass or optimizer step happens for that many seconds (choose it above
-            your longest checkpoint save or evaluation gap, or wrap those in
-            ``watchdog.paused()``).
+    if not isinstance(optimizer, AdaAct):
+        raise TypeError(
+            f"Invalid optimizer={type(optimizer).__name__}: deepspeed_initialize runs AdaAct; "
+            "call deepspeed.initialize for other optimizers"
+        )
+    with _construction_steps_skipped(optimizer):
+        result = deepspeed.initialize(model=model, optimizer=optimizer, **kwargs)
+    bind_deepspeed(result[0], optimizer)
+    return result
 
-    Returns:
-        The watchdog, or None without ``hang_timeout_s``.
+
+@contextlib.contextmanager
+def _construction_steps_skipped(optimizer: AdaAct) -> Iterator[None]:
+    """Every ``optimizer.step()`` inside the block returns at once (see item 0 above)."""
+    optimizer.step = lambda closure=None: None
+    try:
+        yield
+    finally:
+        del optimizer.step  # the class's step again
+
+
+def bind_deepspeed(engine: Any, optimizer: AdaAct) -> None:
+    """Make ``engine``, built by ``deepspeed.initialize(optimizer=optimizer, ...)``, run AdaAct.
+
+    :func:`deepspeed_initialize` calls it; it is the part after ``deepspeed.initialize``
+    (items 1-4 above), before the first step and before ``engine.load_checkpoint``.
     """
     if not isinstance(optimizer, AdaAct):
         raise TypeError(
@@ -111,18 +131,10 @@ def bind_deepspeed(
         optimizer.distributor = TorchStatsSync(engine.seq_data_parallel_group)
     if wrapper is not optimizer:
         _end_each_step(wrapper, optimizer)
-        if hasattr(wrapper, "bit16_groups") or hasattr(wrapper, "bf16_groups"):
+        if keeps_flat_checkpoint(wrapper):
             shapes = {name: list(p.shape) for p, name in engine.param_names.items()}
             _checkpoint_statistics(wrapper, optimizer, layouts, shapes)
-    groups = [None, engine.data_parallel_group, engine.seq_data_parallel_group]
-    groups += list(getattr(wrapper, "real_dp_process_group", []))
-    bound_collectives(groups, collective_timeout_s)
-    watchdog = None
-    if hang_timeout_s is not None:
-        watchdog = HangWatchdog(hang_timeout_s)
-        _pet_on_progress(engine.module, optimizer, watchdog)
     _bound.add(optimizer)
-    return watchdog
 
 
 def _check_every_tensor_is_mapped(optimizer: AdaAct) -> None:
@@ -212,12 +224,8 @@ def _saved_statistics(arguments: dict[str, Any]) -> dict[str, Any]:
     if entry is None:
         raise ValueError(
             f"{where} has no AdaAct statistics ({CHECKPOINT_KEY!r}): it was saved without "
-            "adaact_dist.distributed.bind_deepspeed, or converted with DeepSpeed's ds_to_universal "
+            "adaact_dist.distributed.deepspeed_initialize, or converted with DeepSpeed's "
+            "ds_to_universal "
             "(use adaact_dist.distributed.convert_to_universal / launch/convert_checkpoint.py)"
         )
     return entry[STATS]
-
-
-def _pet_on_progress(module: nn.Module, optimizer: AdaAct, watchdog: HangWatchdog) -> None:
-    module.register_forward_pre_hook(lambda *_: watchdog.pet())
-    optimizer.register_step_pre_hook(lambda *_: watchdog.pet())

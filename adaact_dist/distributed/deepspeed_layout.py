@@ -39,35 +39,48 @@ def deepspeed_layouts(
     wrapper: object, client: torch.optim.Optimizer, param_names: dict[nn.Parameter, str]
 ) -> list[FlatLayout]:
     """The flat tensors that ``wrapper`` (``engine.optimizer``) put in ``client``'s groups."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
     if wrapper is client:
         return []
-    kind = type(wrapper).__name__
-    if kind == "DeepSpeedZeroOptimizer":
+    if isinstance(wrapper, DeepSpeedZeroOptimizer):
         _refuse_round_robin(wrapper)
         _refuse_elastic_checkpoint(wrapper)
         return _from_hp_mappings(
             wrapper.bit16_groups, wrapper.single_partition_of_fp32_groups, param_names
         )
-    if kind == "BF16_Optimizer":
+    if isinstance(wrapper, BF16_Optimizer):
         return _from_hp_mappings(
             wrapper.bf16_groups, wrapper.fp32_groups_flat_partition, param_names
         )
-    if kind == "FP16_UnfusedOptimizer":
+    if isinstance(wrapper, FP16_UnfusedOptimizer):
         layouts = []
         for group, (models, copies) in enumerate(zip(wrapper.fp16_groups, wrapper.fp32_groups)):
             for param, copy in zip(models, copies):
                 fragment = Fragment(param, 0, 0, param.numel())
                 layouts.append(FlatLayout(copy, group, [fragment], [param_names[param]]))
         return layouts
-    if kind == "DeepSpeedZeroOptimizer_Stage3" or hasattr(wrapper, "fp16_partitioned_groups"):
+    if isinstance(wrapper, DeepSpeedZeroOptimizer_Stage3):
         raise NotImplementedError(
             "AdaAct does not support ZeRO stage 3: it partitions the parameters themselves, a "
-            "layout that bind_deepspeed does not map. Use zero_optimization.stage 0, 1 or 2."
+            "layout that the binding does not map. Use zero_optimization.stage 0, 1 or 2."
         )
     raise NotImplementedError(
-        f"AdaAct does not know DeepSpeed's {kind} wrapper (supported: ZeRO stage 1/2, "
-        "BF16_Optimizer, FP16_UnfusedOptimizer, or none at fp32 stage 0)"
+        f"AdaAct does not know DeepSpeed's {type(wrapper).__name__} wrapper (supported: ZeRO "
+        "stage 1/2, BF16_Optimizer, FP16_UnfusedOptimizer, or none at fp32 stage 0)"
     )
+
+
+def keeps_flat_checkpoint(wrapper: object) -> bool:
+    """Whether ``wrapper`` checkpoints per-partition tensors only, not the client's state_dict
+    (ZeRO 1/2 and BF16_Optimizer: AdaAct's statistics must travel in its checkpoint)."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    return isinstance(wrapper, (DeepSpeedZeroOptimizer, BF16_Optimizer))
 
 
 def _from_hp_mappings(
@@ -102,7 +115,7 @@ def _check_fragment(
     if not torch.equal(flat_run.to(model_run.device, model_run.dtype), model_run):
         raise RuntimeError(
             f"DeepSpeed's fragment map of {param_names.get(param, tuple(param.shape))!r} does not "
-            "point at its values in the flat partition; bind_deepspeed must run right after "
+            "point at its values in the flat partition; the binding must run right after "
             "deepspeed.initialize (before any step), with the layout DeepSpeed built"
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 import torch.distributed as dist
 
@@ -18,7 +19,7 @@ def init_distributed(timeout_s: float = 600.0, backend: str | None = None) -> No
     ``timeout_s`` instead of torch's default of 30 minutes (gloo raises; NCCL's watchdog
     aborts the communicator), so the job ends with an error. Groups created later (the
     ones DeepSpeed builds in ``deepspeed.initialize``) start with torch's default;
-    :func:`~adaact_dist.distributed.bind_deepspeed` applies this timeout to the engine's.
+    :func:`bound_engine_collectives` applies this timeout to the engine's.
     ``backend`` defaults to DeepSpeed's choice (nccl on GPUs, gloo on CPU).
     """
     global _timeout
@@ -32,6 +33,18 @@ def init_distributed(timeout_s: float = 600.0, backend: str | None = None) -> No
 
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     _timeout = timeout
+
+
+def bound_engine_collectives(engine: Any, timeout_s: float | None = None) -> None:
+    """Bound every collective of a DeepSpeed ``engine``'s process groups, whatever its optimizer.
+
+    DeepSpeed creates its groups with torch's 30-minute default; call this on every rank
+    right after ``deepspeed.initialize``. ``timeout_s`` defaults to the one given to
+    :func:`init_distributed`.
+    """
+    groups = [None, engine.data_parallel_group, engine.seq_data_parallel_group]
+    groups += list(getattr(engine.optimizer, "real_dp_process_group", []))
+    bound_collectives(groups, timeout_s)
 
 
 def bound_collectives(groups: Iterable[dist.ProcessGroup | None], timeout_s: float | None) -> None:

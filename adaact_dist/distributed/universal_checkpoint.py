@@ -5,7 +5,7 @@ round is the *universal* checkpoint, one folder per parameter holding the full
 ``fp32.pt`` and one file per optimizer state. DeepSpeed's converter (``ds_to_universal``)
 reads Adam's ``exp_avg_sq`` by name and fails on AdaAct, but its loader takes whatever
 state files it finds. So this module writes that layout itself, from the fragment
-records that :func:`~adaact_dist.distributed.bind_deepspeed` adds to each rank's checkpoint,
+records that :func:`~adaact_dist.distributed.deepspeed_initialize` adds to each rank's checkpoint,
 and carries AdaAct's replicated statistics (``V``, ``D``, step counts, sync phase) in
 ``zero/optimizer_state.pt``, where the binding restores them from.
 
@@ -55,7 +55,7 @@ def convert_to_universal(checkpoint_dir: str | Path, output_dir: str | Path | No
         if entry is None:
             raise ValueError(
                 f"{path} has no AdaAct layout ({CHECKPOINT_KEY!r}): save the checkpoint with "
-                "adaact_dist.distributed.bind_deepspeed applied to the engine"
+                "the engine built by adaact_dist.distributed.deepspeed_initialize"
             )
         base = state["base_optimizer_state"]
         if not isinstance(base, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -12,6 +13,7 @@ from torch.optim import Optimizer
 from adaact_dist.optim import _state_keys as keys
 from adaact_dist.optim._fragments import (
     BIAS,
+    OTHER,
     WEIGHT,
     Fragment,
     Piece,
@@ -24,6 +26,27 @@ from adaact_dist.optim._layers import PreconditionedLayer, find_layers, unwrap_m
 OTHER_RULES = ("sgd", "sgd_momentum")
 # Below this mean tensor size the CPU multi-tensor kernels beat a per-tensor loop.
 _CPU_FOREACH_MAX_MEAN_NUMEL = 1 << 16
+
+
+@dataclass
+class _GroupLists:
+    """One group's update as parallel lists: preconditioned tensors, then the others."""
+
+    params: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    exp_avgs: list[Tensor] = field(default_factory=list)
+    preconds: list[Tensor] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    others: list[Tensor] = field(default_factory=list)
+    other_grads: list[Tensor] = field(default_factory=list)
+    other_buffers: list[Tensor] = field(default_factory=list)
+
+    def add(self, param: Tensor, grad: Tensor, exp_avg: Tensor, precond: Tensor, step: int):
+        self.params.append(param)
+        self.grads.append(grad)
+        self.exp_avgs.append(exp_avg)
+        self.preconds.append(precond)
+        self.steps.append(step)
 
 
 class StatsDistributor(Protocol):
@@ -64,7 +87,7 @@ class AdaAct(Optimizer):
 
     Engines that replace the parameters in ``param_groups`` by flat tensors (DeepSpeed
     ZeRO and its bf16/fp16 wrappers) describe them with :meth:`map_flat_tensor`;
-    ``adaact_dist.distributed.bind_deepspeed`` does that for DeepSpeed.
+    ``adaact_dist.distributed.deepspeed_initialize`` does that for DeepSpeed.
 
     Args:
         params: tensors or parameter-group dicts to optimise (per-group ``lr``,
@@ -142,9 +165,9 @@ class AdaAct(Optimizer):
         self._layer_index = {id(layer): i for i, layer in enumerate(self._table.layers)}
         self._roles: dict[int, tuple[str, PreconditionedLayer | None]] = {}
         for layer in self._table.layers:
-            self._roles[id(layer.weight)] = ("weight", layer)
+            self._roles[id(layer.weight)] = (WEIGHT, layer)
             if layer.bias is not None and id(layer.bias) in group_of:
-                self._roles[id(layer.bias)] = ("bias", layer)
+                self._roles[id(layer.bias)] = (BIAS, layer)
         self.stats_sync_every = stats_sync_every
         self.distributor = distributor
         self.other_rule = other_rule
@@ -271,27 +294,32 @@ class AdaAct(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._is_state_initialising_step():
-            return loss
+        self._check_tensors()
         self.update_preconditioner()
+        momentum = self.other_momentum if self.other_rule == "sgd_momentum" else 0.0
         for group in self.param_groups:
-            self._update_group(group)
+            lists = self._init_group(group, momentum)
+            adaact(
+                lists.params,
+                lists.grads,
+                lists.exp_avgs,
+                lists.preconds,
+                lists.steps,
+                lr=group["lr"],
+                beta1=group["betas"][0],
+                weight_decay=group["weight_decay"],
+                foreach=self._use_foreach(lists.params),
+            )
+            sgd(
+                lists.others,
+                lists.other_grads,
+                lists.other_buffers,
+                lr=group["lr"],
+                momentum=momentum,
+                weight_decay=group["weight_decay"],
+                foreach=self._use_foreach(lists.others),
+            )
         return loss
-
-    def _is_state_initialising_step(self) -> bool:
-        """True for a first step over an engine's copies of the parameters, all gradients zero.
-
-        DeepSpeed's fp16/bf16 wrappers take such a step while they are being built, to
-        create optimizer state, before anyone could tell AdaAct what their copies are. It
-        carries no information, so AdaAct leaves everything as it was (no step counted, no
-        weight decay) instead of refusing it.
-        """
-        if self._stats_step > 0 or any(layer.pending_count for layer in self.layers):
-            return False
-        params = [p for group in self.param_groups for p in group["params"]]
-        if not params or any(id(p) in self._known or id(p) in self._flat for p in params):
-            return False
-        return all(p.grad is not None and not p.grad.any() for p in params)
 
     @torch.no_grad()
     def update_preconditioner(self) -> None:
@@ -361,73 +389,113 @@ class AdaAct(Optimizer):
             buckets.setdefault(value_of(self._layer_groups[i]), []).append(i)
         return buckets.items()
 
-    def _update_group(self, group: dict[str, Any]) -> None:
-        beta1 = group["betas"][0]
-        lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
-        params, grads, exp_avgs, preconds, steps = [], [], [], [], []
-        others, other_grads, other_buffers = [], [], []
+    def _check_tensors(self) -> None:
+        """Refuse a step over tensors AdaAct cannot place, before it changes anything."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse:
+                    raise RuntimeError("AdaAct does not support sparse gradients")
+                if id(param) not in self._known and id(param) not in self._flat:
+                    raise RuntimeError(
+                        f"AdaAct.step() met a parameter of shape {tuple(param.shape)} that it "
+                        "was not given: an engine replaced the model's parameters (DeepSpeed "
+                        "ZeRO, bf16 or fp16). Build the engine with "
+                        "adaact_dist.distributed.deepspeed_initialize (or describe the tensor "
+                        "with map_flat_tensor())."
+                    )
+
+    def _init_group(self, group: dict[str, Any], momentum: float) -> _GroupLists:
+        """The parallel lists of one group's update, creating state lazily (as torch's Adam).
+
+        A model parameter joins them whole (a weight viewed as ``(groups, rows, ...)`` so
+        that ``D`` broadcasts over its rows); a flat tensor an engine put in its place joins
+        as the views of its pieces. Preconditioned elements get ``exp_avg`` and ``step``;
+        the others follow ``other_rule``, with a momentum buffer of their own (a flat
+        tensor's ``exp_avg`` holds it for its elements).
+        """
+        lists = _GroupLists()
+        # The bias column reads a constant 1, so V-hat is exactly 1 and D is one number.
+        bias_preconds: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         for param in group["params"]:
             if param.grad is None:
                 continue
-            if param.grad.is_sparse:
-                raise RuntimeError("AdaAct does not support sparse gradients")
-            if id(param) in self._flat:
-                self._update_flat(param, group)
-                continue
-            if id(param) not in self._known:
-                raise RuntimeError(
-                    f"AdaAct.step() met a parameter of shape {tuple(param.shape)} that it was not "
-                    "given: an engine replaced the model's parameters (DeepSpeed ZeRO, bf16 or "
-                    "fp16). Call adaact_dist.distributed.bind_deepspeed(engine, optimizer) right "
-                    "after deepspeed.initialize, or describe the tensor with map_flat_tensor()."
-                )
-            role, layer = self._roles.get(id(param), ("other", None))
+            mapped = id(param) in self._flat  # a flat tensor of an engine's, described by pieces
+            role, layer = (None, None) if mapped else self._roles.get(id(param), (OTHER, None))
             state = self.state[param]
-            if role == "other":
-                others.append(param)
-                other_grads.append(param.grad)
-                if self.other_rule == "sgd_momentum":
+            if role == OTHER:
+                lists.others.append(param)
+                lists.other_grads.append(param.grad)
+                if momentum:
                     if keys.MOMENTUM_BUFFER not in state:
                         state[keys.MOMENTUM_BUFFER] = torch.zeros_like(param)
-                    other_buffers.append(state[keys.MOMENTUM_BUFFER])
+                    lists.other_buffers.append(state[keys.MOMENTUM_BUFFER])
                 continue
             if not state:
                 state[keys.STEP] = torch.tensor(0.0)
                 state[keys.EXP_AVG] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state[keys.STEP] += 1
-            steps.append(int(state[keys.STEP].item()))
-            if role == "weight":
+            step = int(state[keys.STEP].item())
+            where = (param.device, param.dtype)
+            if where not in bias_preconds:
+                bias_preconds[where] = torch.full(
+                    (), 1.0 / (1.0 + group["eps"]), dtype=param.dtype, device=param.device
+                )
+            bias_precond = bias_preconds[where]
+            if mapped:
+                self._add_pieces(lists, param, state[keys.EXP_AVG], step, bias_precond, momentum)
+            elif role == WEIGHT:
                 rows = (layer.groups, -1)
-                params.append(param.unflatten(0, rows))
-                grads.append(param.grad.unflatten(0, rows))
-                exp_avgs.append(state[keys.EXP_AVG].unflatten(0, rows))
-                preconds.append(layer.precond_for_weight())
-            else:  # the bias column reads a constant 1: V-hat is exactly 1
-                params.append(param)
-                grads.append(param.grad)
-                exp_avgs.append(state[keys.EXP_AVG])
-                constant = torch.full((), 1.0 / (1.0 + eps), dtype=param.dtype, device=param.device)
-                preconds.append(constant.expand_as(param))
-        adaact(
-            params,
-            grads,
-            exp_avgs,
-            preconds,
-            steps,
-            lr=lr,
-            beta1=beta1,
-            weight_decay=weight_decay,
-            foreach=self._use_foreach(params),
-        )
-        sgd(
-            others,
-            other_grads,
-            other_buffers,
-            lr=lr,
-            momentum=self.other_momentum if self.other_rule == "sgd_momentum" else 0.0,
-            weight_decay=weight_decay,
-            foreach=self._use_foreach(others),
-        )
+                lists.add(
+                    param.unflatten(0, rows),
+                    param.grad.unflatten(0, rows),
+                    state[keys.EXP_AVG].unflatten(0, rows),
+                    layer.precond_for_weight(),
+                    step,
+                )
+            else:
+                lists.add(
+                    param, param.grad, state[keys.EXP_AVG], bias_precond.expand_as(param), step
+                )
+        return lists
+
+    def _add_pieces(
+        self,
+        lists: _GroupLists,
+        flat: Tensor,
+        exp_avg: Tensor,
+        step: int,
+        bias_precond: Tensor,
+        momentum: float,
+    ) -> None:
+        """A flat tensor's pieces as views, each with the block of ``D`` it reads."""
+        _, pieces = self._flat[id(flat)]
+        values, grad, exp_avg = flat.detach().view(-1), flat.grad.view(-1), exp_avg.view(-1)
+        table = self._table.precond
+        if table.device != values.device or table.dtype != values.dtype:
+            table = table.to(device=values.device, dtype=values.dtype)
+        for piece in pieces:
+            span = slice(piece.start, piece.start + piece.numel)
+            if piece.kind == OTHER:
+                lists.others.append(values[span])
+                lists.other_grads.append(grad[span])
+                if momentum:
+                    lists.other_buffers.append(exp_avg[span])
+                continue
+            if piece.kind == WEIGHT:
+                layer = self.layers[piece.layer]
+                layer_precond = table[layer.offset : layer.offset + layer.numel]
+                precond = precond_view(piece, layer_precond, layer)
+            else:
+                precond = bias_precond.expand(piece.shape)
+            lists.add(
+                values[span].view(piece.shape),
+                grad[span].view(piece.shape),
+                exp_avg[span].view(piece.shape),
+                precond,
+                step,
+            )
 
     def _use_foreach(self, tensors: list[Tensor]) -> bool:
         """The flag, or by measurement: multi-tensor kernels on GPUs; on CPU, where they are
@@ -440,63 +508,6 @@ class AdaAct(Optimizer):
         if tensors[0].device.type != "cpu":
             return True
         return sum(t.numel() for t in tensors) < _CPU_FOREACH_MAX_MEAN_NUMEL * len(tensors)
-
-    def _update_flat(self, flat: Tensor, group: dict[str, Any]) -> None:
-        """The update of one flat tensor, piece by piece, with the same kernels as above."""
-        _, pieces = self._flat[id(flat)]
-        state = self.state[flat]
-        if not state:
-            state[keys.STEP] = torch.tensor(0.0)
-            state[keys.EXP_AVG] = torch.zeros_like(flat, memory_format=torch.preserve_format)
-        state[keys.STEP] += 1
-        step = int(state[keys.STEP].item())
-        values = flat.detach().view(-1)
-        grad, exp_avg = flat.grad.view(-1), state[keys.EXP_AVG].view(-1)
-        table = self._table.precond
-        if table.device != values.device or table.dtype != values.dtype:
-            table = table.to(device=values.device, dtype=values.dtype)
-        constant = torch.full(
-            (), 1.0 / (1.0 + group["eps"]), dtype=values.dtype, device=values.device
-        )
-        params, grads, exp_avgs, preconds = [], [], [], []
-        others, other_grads, other_buffers = [], [], []
-        for piece in pieces:
-            span = slice(piece.start, piece.start + piece.numel)
-            if piece.kind == WEIGHT:
-                layer = self.layers[piece.layer]
-                layer_precond = table[layer.offset : layer.offset + layer.numel]
-                preconds.append(precond_view(piece, layer_precond, layer))
-            elif piece.kind == BIAS:
-                preconds.append(constant.expand(piece.shape))
-            else:
-                others.append(values[span])
-                other_grads.append(grad[span])
-                other_buffers.append(exp_avg[span])
-                continue
-            params.append(values[span].view(piece.shape))
-            grads.append(grad[span].view(piece.shape))
-            exp_avgs.append(exp_avg[span].view(piece.shape))
-        adaact(
-            params,
-            grads,
-            exp_avgs,
-            preconds,
-            [step] * len(params),
-            lr=group["lr"],
-            beta1=group["betas"][0],
-            weight_decay=group["weight_decay"],
-            foreach=self._use_foreach([values]),
-        )
-        momentum = self.other_momentum if self.other_rule == "sgd_momentum" else 0.0
-        sgd(
-            others,
-            other_grads,
-            other_buffers if momentum else [],
-            lr=group["lr"],
-            momentum=momentum,
-            weight_decay=group["weight_decay"],
-            foreach=self._use_foreach([values]),
-        )
 
 
 def _check_hyperparameters(*, lr, betas, eps, weight_decay) -> None:

@@ -55,7 +55,7 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
 def build_optimizer(config: TrainConfig, model: nn.Module, plan: RunPlan) -> Optimizer:
     """AdaAct or a baseline, all with timm's grouping (no weight decay on 1-D params, biases).
 
-    AdaAct's statistics sync over ranks is attached by ``adaact_dist.distributed.bind_deepspeed``.
+    AdaAct's statistics sync over ranks comes with ``adaact_dist.distributed.deepspeed_initialize``.
     """
     from timm.optim import create_optimizer_v2
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from adaact_dist._files import atomic_write_text
-from adaact_dist.distributed import HangWatchdog
+from adaact_dist.distributed import HangWatchdog, bound_engine_collectives
 from adaact_dist.train.activations import ActivationProbe, input_second_moments
 from adaact_dist.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from adaact_dist.train.components import (
@@ -190,22 +190,15 @@ class Trainer:
         model = build_model(config, self.device)
         self.probe = ActivationProbe(model) if config.logging.activation_every_steps else None
         self.optimizer = build_optimizer(config, model, self.plan)
-        self.engine, _, _, _ = deepspeed.initialize(
+        initialize = deepspeed.initialize
+        if config.optim.name == "adaact":
+            # Maps ZeRO partitions / fp32 master copies onto layers, syncs the statistics over
+            # the data-parallel group, checkpoints them.
+            from adaact_dist.distributed import deepspeed_initialize as initialize
+        self.engine, _, _, _ = initialize(
             model=model, optimizer=self.optimizer, config=self.ds_config, dist_init_required=False
         )
-        if config.optim.name == "adaact":
-            # Maps ZeRO partitions / fp32 master copies onto layers, syncs the statistics
-            # over the data-parallel group, checkpoints them, bounds the engine's collectives.
-            from adaact_dist.distributed import bind_deepspeed
-
-            bind_deepspeed(self.engine, self.optimizer)
-        else:  # the baselines: bound the engine's collectives all the same
-            from adaact_dist.distributed.process_group import bound_collectives
-
-            engine = self.engine
-            bound_collectives(
-                [None, engine.data_parallel_group, engine.seq_data_parallel_group], None
-            )
+        bound_engine_collectives(self.engine)
         if config.model.compile:
             self.engine.compile()
         dist_cfg = config.distributed

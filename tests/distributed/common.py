@@ -84,6 +84,7 @@ def ds_config(stage: int, gas: int = 1, **extra) -> dict:
         "gradient_accumulation_steps": gas,
         "zero_optimization": {"stage": stage},
         "zero_allow_untested_optimizer": True,
+        "gradient_clipping": 0.0,  # DeepSpeed 0.19 clips at 1.0 unless told otherwise
         "steps_per_print": 10**6,
         "wall_clock_breakdown": False,
     }

@@ -202,9 +202,12 @@ def test_binding_twice_or_to_another_optimizer_is_refused(main_suite):
     assert main_suite[0]["bind_stranger"].startswith("ValueError: This engine was not built")
 
 
-def test_unbound_engine_says_to_bind(main_suite):
-    message = main_suite[0]["unbound_step"]
-    assert message.startswith("RuntimeError") and "bind_deepspeed" in message
+@pytest.mark.parametrize("key", ["unbound_zero", "unbound_bf16"])
+def test_plain_deepspeed_initialize_says_to_use_the_binding(main_suite, key):
+    """The core refuses the engine's copies: at the first step (ZeRO) or already inside
+    deepspeed.initialize (FP16_UnfusedOptimizer, bf16 at stage 0, steps it to create state)."""
+    message = main_suite[0][key]
+    assert message.startswith("RuntimeError") and "deepspeed_initialize" in message
 
 
 def test_converter_needs_every_rank_and_says_what_is_missing(main_suite, out_dir, tmp_path):

@@ -18,7 +18,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from adaact_dist.distributed import TorchStatsSync, bind_deepspeed, init_distributed  # noqa: E402
+from adaact_dist.distributed import (  # noqa: E402
+    HangWatchdog,
+    TorchStatsSync,
+    bound_engine_collectives,
+    deepspeed_initialize,
+    init_distributed,
+)
+from adaact_dist.distributed.deepspeed_binding import bind_deepspeed  # noqa: E402
 from tests.distributed.common import (  # noqa: E402
     ds_config,
     make_model,
@@ -40,7 +47,7 @@ BF16_S1 = {**BF16_CONFIGS[1], "batchnorm": False}
 
 
 class CountingSync:
-    """The distributor bind_deepspeed attached, counting its collectives."""
+    """The distributor the binding attached, counting its collectives."""
 
     def __init__(self, inner):
         self.inner, self.calls = inner, 0
@@ -57,11 +64,9 @@ class Run:
         self.model = make_model(batchnorm, seed=0)
         self.optimizer = make_optimizer(self.model, stats_sync_every=k, other_rule=other_rule)
         config = ds_config(stage, gas, **cfg)
-        self.engine, *_ = deepspeed.initialize(
-            model=self.model, optimizer=self.optimizer, config=config
-        )
+        initialize = deepspeed_initialize if bind else deepspeed.initialize
+        self.engine, *_ = initialize(model=self.model, optimizer=self.optimizer, config=config)
         if bind:
-            bind_deepspeed(self.engine, self.optimizer)
             self.optimizer.distributor = CountingSync(self.optimizer.distributor)
         self.gas, self.rank = gas, dist.get_rank()
         self.dtype = next(self.model.parameters()).dtype
@@ -173,8 +178,11 @@ def suite_main(out: Path) -> dict:
     results["bind_twice"] = _error(lambda: bind_deepspeed(bound.engine, bound.optimizer))
     stranger = make_optimizer(make_model())
     results["bind_stranger"] = _error(lambda: bind_deepspeed(bound.engine, stranger))
-    unbound = Run(1, bind=False)
-    results["unbound_step"] = _error(lambda: unbound.steps(1, 1))
+    results["unbound_zero"] = _error(lambda: Run(1, bind=False).steps(1, 1))
+    # bf16 at stage 0 (FP16_UnfusedOptimizer) steps AdaAct while deepspeed.initialize runs
+    results["unbound_bf16"] = _error(
+        lambda: Run(0, bind=False, batchnorm=False, **BF16_CONFIGS[0])
+    )
     results["fp16_supported"] = deepspeed.get_accelerator().is_fp16_supported()
     if results["fp16_supported"]:
         fp16 = {"fp16": {"enabled": True, "initial_scale_power": 8}}
@@ -239,10 +247,13 @@ def suite_ddp(out: Path) -> dict:
 def suite_failure(out: Path, mode: str, hang_timeout_s: float | None) -> dict:
     model = make_model()
     optimizer = make_optimizer(model)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(1))
-    bind_deepspeed(engine, optimizer, hang_timeout_s=hang_timeout_s)
+    engine, *_ = deepspeed_initialize(model=model, optimizer=optimizer, config=ds_config(1))
+    bound_engine_collectives(engine)
+    watchdog = HangWatchdog(hang_timeout_s) if hang_timeout_s else None
     rank = dist.get_rank()
     for step in range(1, 50):
+        if watchdog is not None:
+            watchdog.pet()
         if step == 3 and rank == 1:
             print(f"rank 1 {mode}s on purpose at step {step}", flush=True)
             if mode == "raise":
