@@ -60,7 +60,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("SKIPPED: no CUDA GPU here; DALI 'mixed' decoding needs one (nothing measured)")
         return 0
-    from adaact_dist.data import create_loader
+    from adaact_dist.data import LoaderConfig, create_loader
 
     device = torch.device("cuda", torch.cuda.current_device())
     _, shards = prepare(args.work, args.images)
@@ -75,7 +75,7 @@ def main() -> int:
     }
     results = {}
     for name, (backend, options) in runs.items():
-        loader = create_loader(backend, **common, **options)
+        loader = create_loader(LoaderConfig(backend=backend, **common, **options))
         results[name] = measure(loader, args.epochs, device)
         print(f"{name}: {results[name]:.0f} img/s", flush=True)
         del loader

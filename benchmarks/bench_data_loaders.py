@@ -122,17 +122,19 @@ def main() -> None:
     tree, shards = prepare(args.work, args.images)
     cores = len(os.sched_getaffinity(0))
 
-    from adaact_dist.data import create_loader
+    from adaact_dist.data import LoaderConfig, create_loader
 
     def ours(backend: str):
         return create_loader(
-            backend,
-            split="train",
-            shards=shards,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            seed=0,
-            auto_augment=augment,
+            LoaderConfig(
+                backend=backend,
+                split="train",
+                shards=shards,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                seed=0,
+                auto_augment=augment,
+            )
         )
 
     builders = {

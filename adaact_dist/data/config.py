@@ -8,59 +8,65 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "LoaderConfig"]
+from adaact_dist.data import defaults
+
+__all__ = ["BACKENDS", "LoaderConfig"]
 
 BACKENDS = ("wds", "dali")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
 @dataclass(kw_only=True)
 class LoaderConfig:
-    """Everything a loader needs; ``None`` fields take their default from ``split``."""
+    """Everything a loader needs; ``None`` fields take their default from ``split``.
+
+    The transform defaults are timm's A2 recipe at 224 px (:mod:`adaact_dist.data.defaults`).
+    """
 
     backend: str
     """``"wds"`` (webdataset + timm transforms) or ``"dali"`` (NVIDIA DALI pipeline)."""
     split: str
     """Split name; ``"train"`` selects training augmentation, shuffling and ``drop_last``."""
     shards: str | os.PathLike | Sequence[str | os.PathLike]
-    """Data set root, split directory, manifest, brace pattern or list of tar files."""
+    """Data set root (holding ``<split>/manifest.json``), split directory, manifest file, brace
+    pattern (``/data/train-{000000..001023}.tar``) or list of tar files."""
     batch_size: int
     """Samples per batch on this rank."""
     rank: int = 0
     """This process's rank."""
     world_size: int = 1
     """Number of ranks reading the split."""
-    image_size: int = 224
+    image_size: int = defaults.IMAGE_SIZE
     """Output height and width."""
-    crop_pct: float = 0.95
+    crop_pct: float = defaults.CROP_PCT
     """Evaluation: resize the shorter side to ``floor(image_size / crop_pct)``, then crop."""
-    scale: tuple[float, float] = (0.08, 1.0)
+    scale: tuple[float, float] = defaults.SCALE
     """RandomResizedCrop area range."""
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    ratio: tuple[float, float] = defaults.RATIO
     """RandomResizedCrop aspect-ratio range."""
-    hflip: float = 0.5
+    hflip: float = defaults.HFLIP
     """Horizontal flip probability (training)."""
-    auto_augment: str | None = "rand-m7-mstd0.5-inc1"
+    auto_augment: str | None = defaults.AUTO_AUGMENT
     """timm RandAugment string (training); ``None`` for none."""
-    train_interpolation: str = "random"
+    train_interpolation: str = defaults.TRAIN_INTERPOLATION
     """Training resize: ``random`` (bilinear or bicubic per image, timm's default), ``bilinear``
     or ``bicubic``."""
-    interpolation: str = "bicubic"
+    interpolation: str = defaults.INTERPOLATION
     """Evaluation resize interpolation."""
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    """Normalisation mean (0-1 scale)."""
-    std: tuple[float, ...] = IMAGENET_STD
+    mean: tuple[float, ...] = defaults.IMAGENET_MEAN
+    """Normalisation mean (0-1 scale); also RandAugment's fill colour."""
+    std: tuple[float, ...] = defaults.IMAGENET_STD
     """Normalisation std (0-1 scale)."""
     num_workers: int = 4
-    """wds: DataLoader worker processes; dali: pipeline CPU threads."""
+    """wds: DataLoader worker processes (persistent); dali: pipeline CPU threads."""
     seed: int = 0
-    """Seed of the shard order, shuffle buffers and augmentation, mixed with the epoch."""
+    """Base seed of the shard order (per epoch), shuffle buffers and augmentation (per epoch,
+    rank and worker)."""
     channels_last: bool = False
     """Return NCHW-shaped tensors in channels-last memory format."""
     device: torch.device | str = "cpu"
-    """Where batches are delivered (and where DALI decodes: ``cuda`` -> "mixed" decoding)."""
+    """Where batches are delivered (through pinned host memory for CUDA), and where DALI
+    decodes: ``cuda`` -> "mixed" decoding."""
     is_training: bool | None = None
     """Augment; default ``split == "train"``."""
     shuffle: bool | None = None
@@ -90,6 +96,8 @@ class LoaderConfig:
             raise ValueError(f"Invalid num_workers={self.num_workers!r}: must be >= 0")
         if self.backend == "dali" and self.num_workers < 1:
             raise ValueError(f"Invalid num_workers={self.num_workers}: DALI needs >= 1 thread")
+        self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)  # lists taken as well
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
         if not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"Invalid crop_pct={self.crop_pct!r}: must be in (0, 1]")
         if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:

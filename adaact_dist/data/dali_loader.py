@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaact_dist._seeds import derive_seed
 from adaact_dist.data.config import LoaderConfig
 from adaact_dist.data.images import BadSampleError, decode_jpeg, parse_label
 from adaact_dist.data.partition import (
     epoch_shard_order,
     iter_positions,
-    mix_seed,
     rank_batch_range,
     rank_range,
 )
@@ -125,12 +125,13 @@ class DaliLoader(RankLoader):
         order = epoch_shard_order(
             len(self.shardset.shards), seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle
         )
-        seed = mix_seed("dali", cfg.seed, epoch, cfg.rank, self._restarts) % (2**31 - 1)
+        # A rebuilt pipeline draws new augmentation. 31 bits keep DALI's seeds in int32 range.
+        seed_parts = dict(rank=cfg.rank, epoch=epoch, index=self._restarts, bits=31)
         pipe = image_pipeline(
             batch_size=cfg.batch_size,
             num_threads=cfg.num_workers,
             device_id=self._device_id,
-            seed=seed,
+            seed=derive_seed(cfg.seed, "dali-pipeline", **seed_parts),
             prefetch_queue_depth=cfg.prefetch,
             paths=[str(self.shardset.shards[i].path) for i in order],
             index_paths=[self._index_paths[i] for i in order],
@@ -138,7 +139,7 @@ class DaliLoader(RankLoader):
             num_shards=cfg.world_size,
             shuffle=cfg.shuffle,
             initial_fill=cfg.shuffle_buffer,
-            reader_seed=mix_seed("dali-reader", seed) % (2**31 - 1),
+            reader_seed=derive_seed(cfg.seed, "dali-reader", **seed_parts),
             decode_device=self._decode_device,
             is_training=cfg.is_training,
             image_size=cfg.image_size,

@@ -11,12 +11,12 @@ first hangs the others at the next collective.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterator, Sequence
 
+from adaact_dist._seeds import derive_seed
+
 __all__ = [
-    "mix_seed",
     "epoch_shard_order",
     "rank_range",
     "num_batches",
@@ -26,17 +26,11 @@ __all__ = [
 ]
 
 
-def mix_seed(*parts: int | str) -> int:
-    """A 63-bit seed from several values, the same in every process (unlike ``hash``)."""
-    text = "/".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
-
-
 def epoch_shard_order(num_shards: int, *, seed: int, epoch: int, shuffle: bool) -> list[int]:
     """Shard visiting order for one epoch: seeded and identical on every rank."""
     order = list(range(num_shards))
     if shuffle:
-        random.Random(mix_seed("shard-order", seed, epoch)).shuffle(order)
+        random.Random(derive_seed(seed, "shard-order", epoch=epoch)).shuffle(order)
     return order
 
 

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from adaact_dist._seeds import derive_seed
 from adaact_dist.data.config import LoaderConfig
 from adaact_dist.data.images import BadSampleError, decode_jpeg, parse_label
 from adaact_dist.data.partition import (
     epoch_shard_order,
     iter_positions,
-    mix_seed,
     rank_batch_range,
     worker_sample_range,
 )
@@ -108,7 +108,7 @@ class _ShardStream(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch = int(self.epoch.value)
-        seed = mix_seed("wds", cfg.seed, epoch, cfg.rank, worker)
+        seed = derive_seed(cfg.seed, "wds-worker", rank=cfg.rank, epoch=epoch, worker=worker)
         if info is not None:  # reproducible augmentation per (seed, epoch, rank, worker)
             random.seed(seed)
             np.random.seed(seed % 2**32)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 PROBED = (nn.Linear, nn.Conv2d)
 
@@ -23,11 +22,10 @@ class ActivationProbe:
         self.names: list[str] = []
         self._pending: dict[str, Tensor] = {}
         self._armed = False
-        self._handles: list[RemovableHandle] = []
         for name, module in model.named_modules():
             if isinstance(module, PROBED):
                 self.names.append(name)
-                self._handles.append(module.register_forward_hook(self._hook(name)))
+                module.register_forward_hook(self._hook(name))
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs, output) -> None:
@@ -52,11 +50,6 @@ class ActivationProbe:
         values = {name: float(self._pending[name]) for name in self.names if name in self._pending}
         self._pending = {}
         return values
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
 
 def input_second_moments(optimizer: object) -> dict[str, float]:

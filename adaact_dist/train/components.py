@@ -130,11 +130,3 @@ def build_train_loss(config: TrainConfig) -> nn.Module:
     if mixing:
         return SoftTargetCrossEntropy()
     return nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
-
-
-def autocast_dtype(config: TrainConfig) -> torch.dtype | None:
-    """The forward's autocast dtype under ``precision_mode: autocast``; None otherwise."""
-    dist = config.distributed
-    if dist.precision == "fp32" or dist.precision_mode != "autocast":
-        return None
-    return torch.bfloat16 if dist.precision == "bf16" else torch.float16

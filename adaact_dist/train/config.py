@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from adaact_dist.data import defaults as transform_defaults
+
 
 class ConfigValueError(ValueError):
     """An impossible config value; ``key`` is its dotted name (``optim.lr``)."""
@@ -110,7 +112,7 @@ class DataConfig(_Section):
     """Split name of the training shards."""
     val_split: str = "val"
     """Split name of the validation shards."""
-    image_size: int = 224
+    image_size: int = transform_defaults.IMAGE_SIZE
     """Training and evaluation image size (square)."""
     global_batch_size: int = 2048
     """Images per optimizer step over all ranks (the recipe's batch)."""
@@ -149,17 +151,20 @@ class DataConfig(_Section):
 
 @dataclass(kw_only=True)
 class AugmentationConfig(_Section):
-    """Per-sample transforms (in the loader) and batch mixing (Mixup/CutMix on device)."""
+    """Per-sample transforms (in the loader) and batch mixing (Mixup/CutMix on device).
+
+    The transform defaults are the loader's (:mod:`adaact_dist.data.defaults`): timm's A2.
+    """
 
     SECTION: ClassVar[str] = "augmentation"
 
-    auto_augment: str | None = None
-    """timm auto-augment policy, e.g. ``rand-m7-mstd0.5-inc1``; null: none."""
-    crop_pct: float = 0.875
+    auto_augment: str | None = transform_defaults.AUTO_AUGMENT
+    """timm auto-augment policy (training), e.g. ``rand-m7-mstd0.5-inc1``; null: none."""
+    crop_pct: float = transform_defaults.CROP_PCT
     """Evaluation centre-crop fraction."""
-    scale: tuple[float, float] = (0.08, 1.0)
+    scale: tuple[float, float] = transform_defaults.SCALE
     """RandomResizedCrop area range (training)."""
-    hflip: float = 0.5
+    hflip: float = transform_defaults.HFLIP
     """Horizontal-flip probability (training)."""
     mixup_alpha: float = 0.0
     """Mixup beta-distribution alpha; 0 disables Mixup."""

@@ -9,7 +9,6 @@ loss into an error instead of a silently wrong accuracy.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -41,7 +40,6 @@ def evaluate(
     loader: Iterable[tuple[Tensor, Tensor]],
     *,
     device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
     input_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     expected_count: int | None = None,
@@ -57,11 +55,6 @@ def evaluate(
     skipped_before = count_skipped() if count_skipped is not None else 0
     # loss sum, top-1 hits, top-5 hits, samples, skipped: integers exact in float64
     totals = torch.zeros(5, dtype=torch.float64, device=device)
-    cast = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
     try:
         for images, labels in loader:
             images = images.to(device, non_blocking=True)
@@ -70,9 +63,7 @@ def evaluate(
             if input_dtype is not None:
                 images = images.to(input_dtype)
             labels = labels.to(device, non_blocking=True)
-            with cast:
-                logits = model(images)
-            logits = logits.float()
+            logits = model(images).float()
             k = min(5, logits.shape[1])
             hits = logits.topk(k, dim=1).indices == labels[:, None]
             totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()

@@ -133,10 +133,27 @@ class MetricsWriter:
 
 
 class NullMetricsWriter:
-    """What non-zero ranks hold: every call does nothing."""
+    """What non-zero ranks hold: :class:`MetricsWriter`'s methods, each doing nothing.
 
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
+    Spelled out rather than accepting any name, so that a misspelt call fails on every rank.
+    """
+
+    def log_step(self, row: dict[str, Any]) -> None:
+        pass
+
+    def log_eval(self, row: dict[str, Any]) -> None:
+        pass
+
+    def log_activations(
+        self, step: int, variance: dict[str, float], second_moment: dict[str, float]
+    ) -> None:
+        pass
+
+    def flush(self, durable: bool = False) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class Progress:

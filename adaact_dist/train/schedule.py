@@ -1,13 +1,12 @@
 """Per-step learning-rate schedule: linear warm-up, then cosine (or constant).
 
 The lr is a pure function of the optimizer step, so resuming restores the schedule by
-restoring the step; ``state_dict`` exists for checkpoints and sanity checks.
+restoring the step: the schedule has no state to checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from torch.optim import Optimizer
 
@@ -44,7 +43,6 @@ class LRSchedule:
         self.warmup_lr = warmup_lr
         self.min_lr = min_lr
         self.shape = shape
-        self.last_step = -1
 
     def lr(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -62,19 +60,4 @@ class LRSchedule:
         lr = self.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        self.last_step = step
         return lr
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "peak_lr": self.peak_lr,
-            "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-            "warmup_lr": self.warmup_lr,
-            "min_lr": self.min_lr,
-            "shape": self.shape,
-            "last_step": self.last_step,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last_step = int(state["last_step"])

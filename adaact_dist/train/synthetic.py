@@ -12,12 +12,13 @@ the last batch of a rank possibly short.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from adaact_dist._seeds import derive_seed
 
 _PATTERN = 8  # side of a class pattern before upsampling
 
@@ -59,7 +60,7 @@ class SyntheticLoader:
         self.channels_last = channels_last
         self.noise = noise
         self.epoch = 0
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(derive_seed(seed, "synthetic-patterns"))
         self.patterns = torch.randn(num_classes, 3, _PATTERN, _PATTERN, generator=generator).to(
             self.device
         )
@@ -88,7 +89,11 @@ class SyntheticLoader:
         count = min(self.batch_size, self.stop - first)
         generator = torch.Generator(device=self.device)
         if self.split == "train":
-            generator.manual_seed(_seed(self.seed, "train", self.epoch, self.rank, index))
+            generator.manual_seed(
+                derive_seed(
+                    self.seed, "synthetic-train", rank=self.rank, epoch=self.epoch, index=index
+                )
+            )
             labels = torch.randint(
                 self.num_classes, (count,), generator=generator, device=self.device
             )
@@ -102,16 +107,10 @@ class SyntheticLoader:
             labels = (positions * 7919 + self.seed) % self.num_classes
             noise = torch.empty((count, 3, self.image_size, self.image_size), device=self.device)
             for i in range(count):
-                generator.manual_seed(_seed(self.seed, "val", first + i))
+                generator.manual_seed(derive_seed(self.seed, "synthetic-val", index=first + i))
                 noise[i].normal_(generator=generator)
         images = F.interpolate(self.patterns[labels], size=self.image_size, mode="nearest")
         images = images + self.noise * noise
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.long()
-
-
-def _seed(*parts: object) -> int:
-    """A seed from several values, the same in every process (``hash`` of str is not)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from adaact_dist._files import atomic_write_text
+from adaact_dist._seeds import derive_seed
 from adaact_dist.distributed import HangWatchdog, bound_engine_collectives
 from adaact_dist.train.activations import ActivationProbe, input_second_moments
 from adaact_dist.train.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -38,10 +39,10 @@ from adaact_dist.train.components import (
 )
 from adaact_dist.train.config import ConfigValueError, TrainConfig
 from adaact_dist.train.config_io import ConfigError, config_error, dump_config
-from adaact_dist.train.data import build_loaders
 from adaact_dist.train.distributed import init_distributed, shutdown
 from adaact_dist.train.ds_config import deepspeed_config
 from adaact_dist.train.evaluate import EvalResult, average_batchnorm_buffers, evaluate
+from adaact_dist.train.loaders import build_loaders
 from adaact_dist.train.logger import get_logger
 from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter, Progress
 from adaact_dist.train.plan import make_plan
@@ -148,7 +149,7 @@ class Trainer:
             min_lr=self.plan.min_lr,
             shape=config.schedule.name,
         )
-        self.mixup = build_mixup(config, seed=config.run.seed * 1000 + self.rank)
+        self.mixup = build_mixup(config, seed=derive_seed(config.run.seed, "mixup", rank=self.rank))
         self.criterion = build_train_loss(config)
         self.random_erasing = None
         if config.augmentation.re_prob > 0:
@@ -159,7 +160,8 @@ class Trainer:
                 mode=config.augmentation.re_mode,
                 device=self.device,
             )
-        seed_all(config.run.seed + self.rank)  # augmentation and drop-path differ per rank
+        # Augmentation and drop-path differ per rank.
+        seed_all(derive_seed(config.run.seed, "global-rng", rank=self.rank))
         self.state = TrainerState()
         self.checkpoints = CheckpointManager(
             self.run_dir / "checkpoints",
@@ -223,7 +225,11 @@ class Trainer:
         self._pending_rng = rank_state
         if rank_state is None:
             self.log.warning("No RNG state for rank %d in %s: reseeding", self.rank, path)
-            seed_all(self.config.run.seed + self.rank + 7919 * self.state.global_step)
+            seed_all(
+                derive_seed(
+                    self.config.run.seed, "global-rng", rank=self.rank, step=self.state.global_step
+                )
+            )
         self.log.info(
             "Resumed from %s: step %d, epoch %d (+%d steps)",
             path, self.state.global_step, self.state.epoch, self.state.step_in_epoch,
@@ -294,7 +300,9 @@ class Trainer:
     def _batches(self, epoch: int):
         loader = self.loaders.train
         loader.set_epoch(epoch)
-        with rng_neutral(self.config.run.seed * 1000 + epoch * 7 + self.rank):
+        with rng_neutral(
+            derive_seed(self.config.run.seed, "loader-start", rank=self.rank, epoch=epoch)
+        ):
             iterator = iter(loader)
         skip = self.state.step_in_epoch * self.plan.accumulation_steps
         if skip and self.config.checkpoint.skip_seen_batches:

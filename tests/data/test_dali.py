@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
 
-from adaact_dist.data import BadSampleError, create_loader  # noqa: E402
+from adaact_dist.data import BadSampleError, LoaderConfig, create_loader  # noqa: E402
 from adaact_dist.data.dali_augment import (  # noqa: E402
     magnitude_bin_probs,
     parse_rand_augment,
@@ -38,7 +38,7 @@ def _labels(loader, epoch=0) -> list[list[int]]:
 def _both(shards, **kw) -> dict[str, list]:
     args = dict(shards=shards, image_size=16, num_workers=2)
     args.update(kw)
-    return {b: create_loader(b, **args) for b in ("wds", "dali")}
+    return {b: create_loader(LoaderConfig(backend=b, **args)) for b in ("wds", "dali")}
 
 
 def test_same_labels_per_rank_as_wds_evaluation(tmp_path):
@@ -67,10 +67,10 @@ def test_same_label_multiset_as_wds_training_epochs(tmp_path):
 
 
 def test_dali_training_batches_on_demo_digits(digits_root):
-    loader = create_loader(
-        "dali", split="train", shards=digits_root, batch_size=16, image_size=16,
+    loader = create_loader(LoaderConfig(
+        backend="dali", split="train", shards=digits_root, batch_size=16, image_size=16,
         num_workers=2, channels_last=True,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert len(loader) == 1437 // 16 and loader.num_classes == 10
     batches = iter(loader)
     for _ in range(3):
@@ -90,10 +90,10 @@ def test_dali_evaluation_pixels_match_wds(digits_root):
 
 def test_corrupt_image_skipped_and_counted(tmp_path, caplog):
     shards = write_tar_shards(tmp_path, [10, 10, 8], corrupt={3})
-    loader = create_loader(
-        "dali", split="train", shards=shards, batch_size=7, image_size=16, num_workers=1,
-        auto_augment=None,
-    )  # fmt: skip
+    loader = create_loader(LoaderConfig(
+        backend="dali", split="train", shards=shards, batch_size=7, image_size=16,
+        num_workers=1, auto_augment=None,
+    ))  # fmt: skip
     with caplog.at_level(logging.WARNING):
         batches = _labels(loader)
     # The image is replaced by a stand-in: the batch count and sizes stay as on other ranks.
@@ -106,7 +106,9 @@ def test_corrupt_image_skipped_and_counted(tmp_path, caplog):
 def test_invalid_label_dropped_and_counted(tmp_path, caplog):
     shards = write_tar_shards(tmp_path, [10, 10, 8], bad_label={15})
     loader = create_loader(
-        "dali", split="val", shards=shards, batch_size=7, image_size=16, num_workers=1
+        LoaderConfig(
+            backend="dali", split="val", shards=shards, batch_size=7, image_size=16, num_workers=1
+        )
     )
     with caplog.at_level(logging.WARNING):
         batches = _labels(loader)
@@ -117,10 +119,10 @@ def test_invalid_label_dropped_and_counted(tmp_path, caplog):
 
 def test_corrupt_image_fatal_with_strict(tmp_path):
     shards = write_tar_shards(tmp_path, [10, 10, 8], corrupt={3})
-    loader = create_loader(
-        "dali", split="val", shards=shards, batch_size=7, image_size=16, num_workers=1,
-        strict=True,
-    )  # fmt: skip
+    loader = create_loader(LoaderConfig(
+        backend="dali", split="val", shards=shards, batch_size=7, image_size=16,
+        num_workers=1, strict=True,
+    ))  # fmt: skip
     with pytest.raises(BadSampleError, match="strict"):
         _labels(loader)
 
@@ -128,24 +130,30 @@ def test_corrupt_image_fatal_with_strict(tmp_path):
 def test_dali_never_unpickles_shard_content(tmp_path):
     marker = tmp_path / "executed"
     shards = write_tar_shards(tmp_path / "s", [10, 10, 7], pickle_marker=marker)
-    loader = create_loader("dali", split="val", shards=shards, batch_size=8, image_size=16)
+    loader = create_loader(
+        LoaderConfig(backend="dali", split="val", shards=shards, batch_size=8, image_size=16)
+    )
     assert sorted(sum(_labels(loader), [])) == list(range(27)) and not marker.exists()
 
 
 def test_dali_rejects_what_it_cannot_follow(tmp_path):
     shards = write_tar_shards(tmp_path, [10])
     with pytest.raises(ValueError, match="augmix"):
-        create_loader("dali", split="train", shards=shards, batch_size=2, auto_augment="augmix-m5")
+        create_loader(
+            LoaderConfig(
+                backend="dali", split="train", shards=shards, batch_size=2, auto_augment="augmix-m5"
+            )
+        )
     with pytest.raises(ValueError, match="mmax"):
         parse_rand_augment("rand-m9-mmax12")
 
 
 @requires_cuda
 def test_mixed_gpu_decoding(digits_root):
-    loader = create_loader(
-        "dali", split="train", shards=digits_root, batch_size=16, image_size=16,
+    loader = create_loader(LoaderConfig(
+        backend="dali", split="train", shards=digits_root, batch_size=16, image_size=16,
         num_workers=2, device="cuda",
-    )  # fmt: skip
+    ))  # fmt: skip
     images, labels = next(iter(loader))
     assert images.is_cuda and labels.is_cuda and images.shape == (16, 3, 16, 16)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adaact_dist.data import BadSampleError, create_loader
+from adaact_dist.data import BadSampleError, LoaderConfig, create_loader
 from adaact_dist.data.transforms import build_transform
 from tests.data.conftest import write_tar_shards
 
@@ -26,7 +26,7 @@ def _epoch(loader, epoch=0) -> list[list[int]]:
 def _loader(shards, **kw):
     args = dict(split="train", shards=shards, batch_size=4, image_size=16, num_workers=2)
     args.update(kw)
-    return create_loader("wds", **args)
+    return create_loader(LoaderConfig(backend="wds", **args))
 
 
 def test_equal_batches_on_every_rank_with_uneven_shards(tmp_path):
@@ -60,17 +60,19 @@ def test_evaluation_yields_every_sample_exactly_once(tmp_path):
 
 def test_batches_are_normalised_channels_last_tensors(digits_root):
     loader = create_loader(
-        "wds",
-        split="train",
-        shards=digits_root,
-        batch_size=8,
-        image_size=16,
-        num_workers=0,
-        channels_last=True,
-        auto_augment=None,
-        scale=(1.0, 1.0),
-        ratio=(1.0, 1.0),
-        hflip=0.0,
+        LoaderConfig(
+            backend="wds",
+            split="train",
+            shards=digits_root,
+            batch_size=8,
+            image_size=16,
+            num_workers=0,
+            channels_last=True,
+            auto_augment=None,
+            scale=(1.0, 1.0),
+            ratio=(1.0, 1.0),
+            hflip=0.0,
+        )
     )
     assert loader.num_classes == 10 and len(loader) == 1437 // 8
     images, labels = next(iter(loader))
@@ -218,7 +220,9 @@ def test_shard_content_is_never_unpickled(tmp_path):
 def test_invalid_options_name_the_value(tmp_path):
     shards = write_tar_shards(tmp_path, UNEVEN)
     with pytest.raises(ValueError, match="backend='tf'"):
-        create_loader("tf", split="train", shards=shards, batch_size=4)
+        create_loader(LoaderConfig(backend="tf", split="train", shards=shards, batch_size=4))
+    with pytest.raises(TypeError, match="must be a LoaderConfig"):
+        create_loader("wds")
     with pytest.raises(ValueError, match="rank=2"):
         _loader(shards, rank=2, world_size=2)
     with pytest.raises(ValueError, match="batch_size=64"):

@@ -1,7 +1,8 @@
-"""The loop's parts on their own: lr schedule, exact distributed evaluation, checkpoint files."""
+"""The loop's parts alone: lr schedule, exact distributed evaluation, checkpoints, records."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -14,6 +15,7 @@ from torch import nn
 from adaact_dist.train.checkpoint import CheckpointManager
 from adaact_dist.train.distributed import fill_env, first_slurm_host
 from adaact_dist.train.evaluate import evaluate
+from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter
 from adaact_dist.train.schedule import LRSchedule
 from adaact_dist.train.synthetic import SyntheticLoader
 
@@ -137,6 +139,24 @@ def test_checkpoints_are_atomic_and_keep_last_k_plus_best(tmp_path):
     assert meta["step"] == 50 and meta["top1"] == 80.0
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         manager.load(_FakeEngine(), tmp_path / "ckpt" / "step00000099")
+
+
+def test_other_ranks_writer_has_the_same_methods_doing_nothing():
+    def methods(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_")
+        }
+
+    assert methods(NullMetricsWriter) == methods(MetricsWriter)
+    null = NullMetricsWriter()
+    null.log_step({"step": 0})
+    null.log_activations(0, {"fc": 1.0}, {})
+    null.flush(durable=True)
+    null.close()
+    with pytest.raises(AttributeError):
+        null.log_stpe({"step": 0})  # a misspelt call fails on every rank
 
 
 def test_launcher_environments_become_torch_distributed_variables():

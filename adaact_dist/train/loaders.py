@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -12,6 +12,9 @@ import torch.distributed as dist
 from adaact_dist.train.config import ConfigValueError, TrainConfig
 from adaact_dist.train.plan import RunPlan
 from adaact_dist.train.synthetic import SyntheticLoader
+
+if TYPE_CHECKING:
+    from adaact_dist.data import LoaderConfig
 
 
 @dataclass
@@ -21,7 +24,6 @@ class Loaders:
     train: Any
     val: Any
     val_total: int | None
-    root: str | None
 
 
 def shard_root(config: TrainConfig, rank: int) -> str | None:
@@ -45,7 +47,6 @@ def build_loaders(
     config: TrainConfig, plan: RunPlan, *, rank: int, world_size: int, device: torch.device
 ) -> Loaders:
     data = config.data
-    channels_last = config.model.channels_last
     if data.backend == "synthetic":
         common = dict(
             num_classes=config.model.num_classes,
@@ -54,7 +55,7 @@ def build_loaders(
             world_size=world_size,
             seed=config.run.seed,
             device=device,
-            channels_last=channels_last,
+            channels_last=config.model.channels_last,
         )
         train = SyntheticLoader(
             split="train",
@@ -68,39 +69,69 @@ def build_loaders(
             batch_size=plan.eval_batch_size,
             **common,
         )
-        return Loaders(train=train, val=val, val_total=data.synthetic_val_samples, root=None)
+        return Loaders(train=train, val=val, val_total=data.synthetic_val_samples)
 
     from adaact_dist.data import create_loader
 
     root = shard_root(config, rank)
-    aug = config.augmentation
-    common = dict(
-        shards=root,
-        rank=rank,
-        world_size=world_size,
-        image_size=data.image_size,
-        crop_pct=aug.crop_pct,
-        num_workers=data.num_workers,
-        seed=config.run.seed,
-        channels_last=channels_last,
-        device=device,
-        strict=data.strict,
-    )
+    where = dict(shards=root, rank=rank, world_size=world_size, device=device)
     train = create_loader(
-        data.backend,
-        split=data.train_split,
-        batch_size=plan.micro_batch_size,
-        scale=aug.scale,
-        hflip=aug.hflip,
-        auto_augment=aug.auto_augment,
-        **common,
+        loader_config(
+            config, split=data.train_split, training=True, batch_size=plan.micro_batch_size, **where
+        )
     )
     val = create_loader(
-        data.backend, split=data.val_split, batch_size=plan.eval_batch_size, **common
+        loader_config(
+            config, split=data.val_split, training=False, batch_size=plan.eval_batch_size, **where
+        )
     )
     classes = getattr(train, "num_classes", None)
     if classes is not None and classes != config.model.num_classes:
         raise ConfigValueError(
             "model.num_classes", config.model.num_classes, f"{classes}, the classes of {root}"
         )
-    return Loaders(train=train, val=val, val_total=val.total_samples, root=root)
+    return Loaders(train=train, val=val, val_total=val.total_samples)
+
+
+def loader_config(
+    config: TrainConfig,
+    *,
+    split: str,
+    training: bool,
+    batch_size: int,
+    shards: str,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> LoaderConfig:
+    """One split's loader options from the run's config; what the config has no key for
+    (ratio, interpolations, normalisation, buffers) stays at the loader's default.
+
+    ``training`` sets augmentation, shuffling and ``drop_last`` by the split's role, not by
+    its name: a training split called anything but ``train`` must still give every rank the
+    same number of full batches.
+    """
+    from adaact_dist.data import LoaderConfig
+
+    data, aug = config.data, config.augmentation
+    return LoaderConfig(
+        backend=data.backend,
+        split=split,
+        shards=shards,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        image_size=data.image_size,
+        crop_pct=aug.crop_pct,
+        scale=aug.scale,
+        hflip=aug.hflip,
+        auto_augment=aug.auto_augment,
+        num_workers=data.num_workers,
+        seed=config.run.seed,
+        channels_last=config.model.channels_last,
+        device=device,
+        strict=data.strict,
+        is_training=training,
+        shuffle=training,
+        drop_last=training,
+    )
