@@ -130,3 +130,22 @@ def build_train_loss(config: TrainConfig) -> nn.Module:
     if mixing:
         return SoftTargetCrossEntropy()
     return nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+
+
+def build_random_erasing(config: TrainConfig, device: torch.device) -> nn.Module | None:
+    """timm's RandomErasing on device batches, or None when ``augmentation.re_prob`` is 0."""
+    aug = config.augmentation
+    if aug.re_prob <= 0:
+        return None
+    from timm.data.random_erasing import RandomErasing
+
+    return RandomErasing(probability=aug.re_prob, mode=aug.re_mode, device=device)
+
+
+def engine_input_dtype(config: TrainConfig) -> torch.dtype | None:
+    """The dtype batches must have for DeepSpeed's bf16/fp16 weights; None when the weights
+    stay fp32 (fp32, or autocast, which casts inside the forward)."""
+    spec = config.distributed
+    if spec.precision_mode != "deepspeed" or spec.precision == "fp32":
+        return None
+    return torch.bfloat16 if spec.precision == "bf16" else torch.float16

@@ -15,6 +15,7 @@ import random
 import resource
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,18 @@ from adaact_dist.train.components import (
     build_mixup,
     build_model,
     build_optimizer,
+    build_random_erasing,
     build_train_loss,
     check_model_name,
+    engine_input_dtype,
     load_mixup_state,
     mixup_state,
 )
 from adaact_dist.train.config import ConfigValueError, TrainConfig
 from adaact_dist.train.config_io import ConfigError, config_error, dump_config
-from adaact_dist.train.distributed import init_distributed, shutdown
 from adaact_dist.train.ds_config import deepspeed_config
 from adaact_dist.train.evaluate import EvalResult, average_batchnorm_buffers, evaluate
+from adaact_dist.train.job import join_job, leave_job
 from adaact_dist.train.loaders import build_loaders
 from adaact_dist.train.logger import get_logger
 from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter, Progress
@@ -92,20 +95,47 @@ def rng_neutral(seed: int):
         set_rng_state(saved)
 
 
+@dataclass
+class StepResult:
+    """What one optimizer step reports to the loop's decisions."""
+
+    loss: float
+    """Mean training loss over the step's micro-batches and ranks."""
+    lr: float
+    seconds: float
+    stop_requested: bool
+    """Some rank received SIGTERM/SIGUSR1."""
+    activation_variances: dict[str, float] | None = None
+    """Per-layer variance of the first micro-batch, on probing steps of rank 0."""
+
+
 class Trainer:
-    """Builds every part of a run from ``config`` (collectively, on every rank)."""
+    """Builds every part of a run from ``config`` (collectively, on every rank), then runs it.
+
+    :meth:`train_step` is one optimizer step and nothing else; :meth:`run` decides around
+    it when to log, evaluate, checkpoint and stop.
+    """
 
     def __init__(self, config: TrainConfig):
         self.config = config
         self.log = get_logger()
-        self.info = info = init_distributed(config.distributed)
-        self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
+        self.job = join_job(config.distributed)
+        self.rank, self.world_size, self.device = (
+            self.job.rank,
+            self.job.world_size,
+            self.job.device,
+        )
         try:
-            self.plan = make_plan(config, self.world_size)
-            self.ds_config = deepspeed_config(config, self.plan)
-            check_model_name(config)
-        except ConfigValueError as error:
+            self._build()
+        except ConfigValueError as error:  # a value only this world size or data set refutes
             raise config_error(config, error) from None
+
+    # -- construction ------------------------------------------------------------------
+    def _build(self) -> None:
+        config = self.config
+        check_model_name(config)
+        self.plan = make_plan(config, self.world_size)
+        self.ds_config = deepspeed_config(config, self.plan)
         self.run_dir = Path(config.run.resolved_output_dir)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,32 +145,23 @@ class Trainer:
         self.log.info(
             "%d rank(s) via %s on %s | global batch %d = %d ranks x micro %d x accumulation %d"
             " | lr %.4g (x%.3g)",
-            self.world_size, self.info.launcher, self.device, self.plan.global_batch_size,
+            self.world_size, self.job.launcher, self.device, self.plan.global_batch_size,
             self.world_size, self.plan.micro_batch_size, self.plan.accumulation_steps,
             self.plan.lr, self.plan.lr_scale,
         )  # fmt: skip
-        try:
-            self.loaders = build_loaders(
-                config, self.plan, rank=self.rank, world_size=self.world_size, device=self.device
-            )
-        except ConfigValueError as error:
-            raise config_error(config, error) from None
+        self.loaders = build_loaders(
+            config, self.plan, rank=self.rank, world_size=self.world_size, device=self.device
+        )
         self.steps_per_epoch = len(self.loaders.train) // self.plan.accumulation_steps
         if self.steps_per_epoch < 1:
-            raise config_error(
-                config,
-                ConfigValueError(
-                    "data.global_batch_size",
-                    self.plan.global_batch_size,
-                    f"at most the training split per epoch ({len(self.loaders.train)} "
-                    f"micro-batches of {self.plan.micro_batch_size} per rank)",
-                ),
+            raise ConfigValueError(
+                "data.global_batch_size",
+                self.plan.global_batch_size,
+                f"at most the training split per epoch ({len(self.loaders.train)} "
+                f"micro-batches of {self.plan.micro_batch_size} per rank)",
             )
         self.total_steps = config.schedule.epochs * self.steps_per_epoch
-        try:
-            self._build_engine()
-        except ConfigValueError as error:
-            raise config_error(config, error) from None
+        self._build_engine()
         self.schedule = LRSchedule(
             peak_lr=self.plan.lr,
             total_steps=self.total_steps,
@@ -151,15 +172,7 @@ class Trainer:
         )
         self.mixup = build_mixup(config, seed=derive_seed(config.run.seed, "mixup", rank=self.rank))
         self.criterion = build_train_loss(config)
-        self.random_erasing = None
-        if config.augmentation.re_prob > 0:
-            from timm.data.random_erasing import RandomErasing
-
-            self.random_erasing = RandomErasing(
-                probability=config.augmentation.re_prob,
-                mode=config.augmentation.re_mode,
-                device=self.device,
-            )
+        self.random_erasing = build_random_erasing(config, self.device)
         # Augmentation and drop-path differ per rank.
         seed_all(derive_seed(config.run.seed, "global-rng", rank=self.rank))
         self.state = TrainerState()
@@ -182,8 +195,8 @@ class Trainer:
         )
         self._stop_requested = False
         self._stop_signal: int | None = None
+        self.watchdog: HangWatchdog | None = None  # run() starts it, when configured
 
-    # -- construction ------------------------------------------------------------------
     def _build_engine(self) -> None:
         import deepspeed
 
@@ -200,13 +213,10 @@ class Trainer:
         self.engine, _, _, _ = initialize(
             model=model, optimizer=self.optimizer, config=self.ds_config, dist_init_required=False
         )
-        bound_engine_collectives(self.engine)
+        bound_engine_collectives(self.engine)  # DeepSpeed's groups: the job's timeout too
         if config.model.compile:
             self.engine.compile()
-        dist_cfg = config.distributed
-        self.input_dtype = None
-        if dist_cfg.precision_mode == "deepspeed" and dist_cfg.precision != "fp32":
-            self.input_dtype = torch.bfloat16 if dist_cfg.precision == "bf16" else torch.float16
+        self.input_dtype = engine_input_dtype(config)
 
     def _resume(self) -> Path | None:
         spec = self.config.checkpoint
@@ -236,7 +246,47 @@ class Trainer:
         )  # fmt: skip
         return path
 
-    # -- the loop ----------------------------------------------------------------------
+    # -- one step ----------------------------------------------------------------------
+    def train_step(self, batches: Iterator) -> StepResult:
+        """One optimizer step: ``accumulation_steps`` micro-batches of forward and backward,
+        each followed by ``engine.step()`` (DeepSpeed steps the optimizer on the last)."""
+        state, engine = self.state, self.engine
+        tick = time.perf_counter()
+        lr = self.schedule.apply(engine.optimizer, state.global_step)
+        every = self.config.logging.activation_every_steps
+        probing = self.probe is not None and self.rank == 0 and state.global_step % every == 0
+        variances = None
+        loss_sum, stop = 0.0, False
+        for micro in range(self.plan.accumulation_steps):
+            batch = next(batches, None)
+            if batch is None:
+                raise RuntimeError(
+                    f"The training loader of rank {self.rank} ended after "
+                    f"{state.step_in_epoch} of {self.steps_per_epoch} steps of epoch "
+                    f"{state.epoch}, short of the {len(self.loaders.train)} batches it announced"
+                )
+            images, targets = self._prepare(batch)
+            if probing and micro == 0:
+                self.probe.arm()
+            output = engine(images)
+            if probing and micro == 0:
+                variances = self.probe.collect()
+            loss = self.criterion(output.float(), targets)
+            mean_loss, stop = self._check(loss, state.global_step)
+            loss_sum += mean_loss
+            engine.backward(loss)
+            engine.step()
+            if self.watchdog is not None:
+                self.watchdog.pet()
+        return StepResult(
+            loss=loss_sum / self.plan.accumulation_steps,
+            lr=lr,
+            seconds=time.perf_counter() - tick,
+            stop_requested=stop,
+            activation_variances=variances,
+        )
+
+    # -- the loop and its decisions ----------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train to the end (or to a stop); return the summary written to ``summary.json``."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
@@ -297,7 +347,7 @@ class Trainer:
                 self._plot()
         return "completed"
 
-    def _batches(self, epoch: int):
+    def _batches(self, epoch: int) -> Iterator:
         loader = self.loaders.train
         loader.set_epoch(epoch)
         with rng_neutral(
@@ -317,84 +367,61 @@ class Trainer:
         return iterator
 
     def _train_epoch(self, epoch: int) -> str | None:
-        config, state, plan = self.config, self.state, self.plan
-        engine = self.engine
+        """Steps to the epoch's end; a stop reason if the run stops inside it."""
+        config, state = self.config, self.state
         batches = self._batches(epoch)
-        every_act = config.logging.activation_every_steps
-        stop_after = config.run.stop_after_steps
         while state.step_in_epoch < self.steps_per_epoch:
             step = state.global_step
-            tick = time.perf_counter()
-            lr = self.schedule.apply(engine.optimizer, step)
-            probing = self.probe is not None and self.rank == 0 and step % every_act == 0
-            variances: dict[str, float] = {}
-            loss_sum, stop = 0.0, False
-            for micro in range(plan.accumulation_steps):
-                batch = next(batches, None)
-                if batch is None:
-                    raise RuntimeError(
-                        f"The training loader of rank {self.rank} ended after "
-                        f"{state.step_in_epoch} of {self.steps_per_epoch} steps of epoch "
-                        f"{epoch}, short of the {len(self.loaders.train)} batches it announced"
-                    )
-                images, targets = self._prepare(batch)
-                if probing and micro == 0:
-                    self.probe.arm()
-                output = engine(images)
-                if probing and micro == 0:
-                    variances = self.probe.collect()
-                loss = self.criterion(output.float(), targets)
-                mean_loss, stop = self._check(loss, step)
-                loss_sum += mean_loss
-                engine.backward(loss)
-                engine.step()
-                if self.watchdog is not None:
-                    self.watchdog.pet()
-            elapsed = time.perf_counter() - tick
+            result = self.train_step(batches)
             state.global_step += 1
             state.step_in_epoch += 1
-            state.train_time_s += elapsed
-            state.images_seen += plan.global_batch_size
-            loss_value = loss_sum / plan.accumulation_steps
-            images_per_s = plan.global_batch_size / max(elapsed, 1e-9)
-            self.progress.update(epoch=epoch, loss=loss_value, lr=lr, images_per_s=images_per_s)
-            if step % config.logging.every_steps == 0:
-                self.metrics.log_step(
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "lr": lr,
-                        "loss": loss_value,
-                        "images_per_s": images_per_s,
-                        "step_time_s": elapsed,
-                        "elapsed_s": state.train_time_s,
-                        "skipped_steps": getattr(engine, "skipped_steps", 0),
-                    }
-                )
-            if probing:
-                self.metrics.log_activations(step, variances, input_second_moments(self.optimizer))
-            if stop or (stop_after is not None and state.global_step >= stop_after):
-                why = "preempted" if stop else "stop_after_steps"
-                if stop:
-                    name = (
-                        signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
-                    )
-                    self.log.warning("Stop requested (%s on some rank): checkpointing", name)
-                if config.checkpoint.enabled:
-                    self._save()
-                return why
+            state.train_time_s += result.seconds
+            state.images_seen += self.plan.global_batch_size
+            self._record_step(step, epoch, result)
+            if result.stop_requested or (
+                config.run.stop_after_steps is not None
+                and state.global_step >= config.run.stop_after_steps
+            ):
+                return self._stop(result.stop_requested)
             every = config.checkpoint.every_steps
+            # At an epoch's end the epoch checkpoint follows its evaluation instead.
             epoch_end = (
                 state.step_in_epoch == self.steps_per_epoch and config.checkpoint.every_epoch
             )
-            if (
-                config.checkpoint.enabled
-                and every
-                and state.global_step % every == 0
-                and not epoch_end
-            ):
-                self._save()
+            if config.checkpoint.enabled and every and state.global_step % every == 0:
+                if not epoch_end:
+                    self._save()
         return None
+
+    def _record_step(self, step: int, epoch: int, result: StepResult) -> None:
+        images_per_s = self.plan.global_batch_size / max(result.seconds, 1e-9)
+        self.progress.update(epoch=epoch, loss=result.loss, lr=result.lr, images_per_s=images_per_s)
+        if step % self.config.logging.every_steps == 0:
+            self.metrics.log_step(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": result.lr,
+                    "loss": result.loss,
+                    "images_per_s": images_per_s,
+                    "step_time_s": result.seconds,
+                    "elapsed_s": self.state.train_time_s,
+                    "skipped_steps": getattr(self.engine, "skipped_steps", 0),
+                }
+            )
+        if result.activation_variances is not None:
+            self.metrics.log_activations(
+                step, result.activation_variances, input_second_moments(self.optimizer)
+            )
+
+    def _stop(self, requested: bool) -> str:
+        """A signal or ``run.stop_after_steps``: checkpoint, then end the run cleanly."""
+        if requested:
+            name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
+            self.log.warning("Stop requested (%s on some rank): checkpointing", name)
+        if self.config.checkpoint.enabled:
+            self._save()
+        return "preempted" if requested else "stop_after_steps"
 
     def _prepare(self, batch):
         images, labels = batch
@@ -581,7 +608,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     finally:
         if trainer is not None:
             trainer.close()
-        shutdown()
+        leave_job()
 
 
 __all__ = ["ConfigError", "Trainer", "TrainerState", "TrainingDiverged", "train"]

@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from adaact_dist.train.checkpoint import CheckpointManager
-from adaact_dist.train.distributed import fill_env, first_slurm_host
 from adaact_dist.train.evaluate import evaluate
+from adaact_dist.train.job import fill_env, first_slurm_host
 from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter
 from adaact_dist.train.schedule import LRSchedule
 from adaact_dist.train.synthetic import SyntheticLoader

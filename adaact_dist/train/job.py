@@ -1,4 +1,4 @@
-"""Process-group set-up under every launcher: deepspeed, torchrun, Slurm ``srun``, plain python.
+"""Joining the job under every launcher: deepspeed, torchrun, Slurm ``srun``, plain python.
 
 The deepspeed launcher and torchrun export ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/
 ``MASTER_ADDR``/``MASTER_PORT``. Under ``srun`` they are derived from ``SLURM_*``
@@ -26,7 +26,7 @@ _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
-class DistInfo:
+class Job:
     """This process's place in the job."""
 
     rank: int
@@ -34,10 +34,6 @@ class DistInfo:
     local_rank: int
     device: torch.device
     launcher: str
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def detect_launcher(environ: dict[str, str] | None = None) -> str:
@@ -127,8 +123,8 @@ def share_cpu_cores() -> None:
     torch.set_num_threads(max(1, (cores or 1) // max(1, int(local or 1))))
 
 
-def init_distributed(config: DistributedConfig) -> DistInfo:
-    """Fill the environment, pick the device, and initialise DeepSpeed's process group."""
+def join_job(config: DistributedConfig) -> Job:
+    """Fill the environment, pick the device, and initialise the bounded process group."""
     launcher = fill_env()
     local_rank = int(os.environ["LOCAL_RANK"])
     device = resolve_device(config, local_rank)
@@ -145,25 +141,25 @@ def init_distributed(config: DistributedConfig) -> DistInfo:
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         from deepspeed.utils import logger as ds_logger
 
-        from adaact_dist.distributed import init_distributed as init_bounded
+        from adaact_dist.distributed import init_distributed
 
         ds_logger.setLevel("ERROR" if quiet else "WARNING")
         if not any(isinstance(f, _ExpectedWarnings) for f in ds_logger.filters):
             ds_logger.addFilter(_ExpectedWarnings())
         if not torch.distributed.is_initialized():  # a second Trainer in one process reuses it
-            init_bounded(timeout_s=config.timeout_s, backend=backend)
-    info = DistInfo(
+            init_distributed(timeout_s=config.timeout_s, backend=backend)
+    job = Job(
         rank=torch.distributed.get_rank(),
         world_size=torch.distributed.get_world_size(),
         local_rank=local_rank,
         device=device,
         launcher=launcher,
     )
-    get_logger(info.rank)
-    return info
+    get_logger(job.rank)
+    return job
 
 
-def shutdown() -> None:
+def leave_job() -> None:
     """Leave the process group cleanly (gloo may abort at exit otherwise)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
