@@ -18,7 +18,7 @@ model) never pays for it again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +26,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from adaact_dist.optim._layers import LayerTable, PreconditionedLayer
 from adaact_dist.optim._statistics import ConvGeometry
-
-if TYPE_CHECKING:
-    from adaact_dist.optim._layers import LayerTable, PreconditionedLayer
 
 _CONV2D_OPTIONS = ("bias", "stride", "padding", "dilation", "groups")
 

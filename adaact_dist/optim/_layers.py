@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from adaact_dist.optim._capture import DirectCallCapture
 from adaact_dist.optim._statistics import (
     ConvGeometry,
     accumulation_dtype,
@@ -89,7 +88,6 @@ class LayerTable:
         self.pending_sum = torch.zeros(total, dtype=dtype, device=device)
         self._bind_views()
         self._handles: list = []
-        self.capture = DirectCallCapture(self)
 
     def _bind_views(self) -> None:
         for layer in self.layers:
@@ -112,13 +110,11 @@ class LayerTable:
                 module.register_forward_pre_hook(self._pre_hook(layer)),
                 module.register_forward_hook(self._post_hook(layer), always_call=True),
             ]
-        self.capture.attach(self.root)
 
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self.capture.detach()
 
     def collect(self, layer: PreconditionedLayer, x: Tensor, geometry=None) -> None:
         x = x.detach()

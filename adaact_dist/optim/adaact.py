@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from adaact_dist.optim import _state_keys as keys
+from adaact_dist.optim._capture import DirectCallCapture
 from adaact_dist.optim._fragments import (
     BIAS,
     OTHER,
@@ -178,6 +179,8 @@ class AdaAct(Optimizer):
         self._known = {id(p) for p in params_in_groups}
         self._flat: dict[int, tuple[Tensor, list[Piece]]] = {}
         self._table.register_hooks()
+        self._capture = DirectCallCapture(self._table)
+        self._capture.attach(self._table.root)
         self.register_state_dict_post_hook(_save_statistics)
         self.register_load_state_dict_pre_hook(_load_statistics)
         self.register_load_state_dict_pre_hook(_remember_group_positions)
@@ -193,11 +196,12 @@ class AdaAct(Optimizer):
         """Layers whose weight the model passes to ``F.linear``/``F.conv2d`` itself instead of
         calling the module (BEiT's and EVA's ``qkv``); their statistics come from those calls.
         Known after the first training forward."""
-        return [layer.name for layer in self._table.capture.scopes]
+        return [layer.name for layer in self._capture.scopes]
 
     def remove_hooks(self) -> None:
         """Stop collecting statistics (the optimizer cannot step afterwards)."""
         self._table.remove_hooks()
+        self._capture.detach()
 
     def activation_second_moments(self) -> dict[str, Tensor]:
         """Each layer's running ``V`` per input feature (a copy), keyed by module path."""
