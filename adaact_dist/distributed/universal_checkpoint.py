@@ -31,13 +31,16 @@ _OPTIM_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_stat
 _SHARDED = ("base_optimizer_state", "single_partition_of_fp32_groups", "param_slice_mappings")
 
 
-def convert_to_universal(checkpoint_dir: str | Path, output_dir: str | Path | None = None) -> Path:
+def convert_to_universal(
+    checkpoint_dir: str | Path, output_dir: str | Path | None = None, *, write_latest: bool = True
+) -> Path:
     """Write the universal form of ``checkpoint_dir`` (``<save_dir>/<tag>``).
 
     Args:
         checkpoint_dir: a tag folder written by ``engine.save_checkpoint`` with AdaAct bound.
-        output_dir: where to write; default ``<save_dir>/<tag>_universal``. Its parent gets
-            a ``latest_universal`` file naming it.
+        output_dir: where to write; default ``<save_dir>/<tag>_universal``.
+        write_latest: give the output's parent a ``latest_universal`` file naming it, for
+            ``engine.load_checkpoint`` without a tag.
 
     Returns:
         The output folder.
@@ -102,7 +105,8 @@ def convert_to_universal(checkpoint_dir: str | Path, output_dir: str | Path | No
     torch.save(common, zero / "optimizer_state.pt")
     for model_states in sorted(source.glob("mp_rank_*_model_states.pt")):
         shutil.copy2(model_states, target / model_states.name)
-    atomic_write_text(target.parent / "latest_universal", target.name)
+    if write_latest:
+        atomic_write_text(target.parent / "latest_universal", target.name)
     return target
 
 

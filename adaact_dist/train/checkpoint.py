@@ -7,10 +7,18 @@ only when every rank has finished does rank 0 rename it to its final name. A cra
 mid-write therefore leaves a ``.tmp-`` directory (removed at the next start), never a
 damaged checkpoint, and an older checkpoint is deleted only after a newer one is
 complete. Every directory named ``step*`` is complete: resume picks the newest.
+
+``meta.json`` also records the size and SHA-256 of every file of the checkpoint, the
+world size that wrote it and the run's config. :meth:`CheckpointManager.verify` checks
+those files before anything is deserialised, so a checkpoint damaged after it was
+written (a full disk, a bad copy, a lost rank file) is recognised as such; resume then
+falls back to an older one (:mod:`adaact_dist.train.resume`). A checkpoint of another
+world size loads through its universal conversion, kept in ``checkpoints/universal/``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,7 +39,10 @@ from adaact_dist.train.logger import get_logger
 META = "meta.json"
 RNG_DIR = "rng"
 TRAINER_STATE = "trainer_state"
+UNIVERSAL_DIR = "universal"
+DAMAGED = "damaged.jsonl"
 _TAG = re.compile(r"^step(\d{8,})$")
+_ZERO_OPTIM = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,15 @@ class CheckpointInfo:
     @property
     def tag(self) -> str:
         return self.path.name
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.path / META).read_text())
+
+    def zero_world_size(self) -> int | None:
+        """The data-parallel size of a ZeRO-1/2 checkpoint (its per-rank optimizer files);
+        None for a stage-0 one, whose optimizer state is whole and loads on any world size."""
+        ranks = {int(m.group(1)) for p in self.path.iterdir() if (m := _ZERO_OPTIM.match(p.name))}
+        return len(ranks) or None
 
 
 def tag_for(step: int) -> str:
@@ -87,13 +107,14 @@ class CheckpointManager:
 
     # -- discovery ---------------------------------------------------------------------
     def list(self) -> list[CheckpointInfo]:
-        """Complete checkpoints, oldest first."""
+        """Complete checkpoints, oldest first (those found damaged are not among them)."""
         if not self.directory.is_dir():
             return []
+        damaged = self.damaged()
         found = []
         for path in self.directory.iterdir():
             match = _TAG.match(path.name)
-            if not match or not (path / META).is_file():
+            if not match or not (path / META).is_file() or path.name in damaged:
                 continue
             meta = json.loads((path / META).read_text())
             found.append(
@@ -130,13 +151,22 @@ class CheckpointManager:
         top1: float | None,
         trainer_state: dict[str, Any],
         rank_state: dict[str, Any] | None = None,
+        run_config: dict[str, Any] | None = None,
     ) -> CheckpointInfo:
         """Collective: every rank calls it. ``rank_state`` (e.g. a private random stream) is
-        saved per rank next to the global RNG states. Returns the new checkpoint."""
+        saved per rank next to the global RNG states; ``run_config`` goes into the meta file,
+        so that a checkpoint loaded into another run can be recognised. Returns the new
+        checkpoint."""
         tag = tag_for(step)
         final = self.directory / tag
         if final.is_dir() and (final / META).is_file():
-            return next(info for info in self.list() if info.tag == tag)
+            if tag not in self.damaged():
+                return next(info for info in self.list() if info.tag == tag)
+            if self.rank == 0:  # the run needs the name again: keep the damaged one aside
+                aside = final.with_name(f"{tag}.damaged-{int(time.time())}")
+                os.rename(final, aside)
+                get_logger().warning("Moved the damaged checkpoint %s to %s", final, aside)
+            _barrier()
         tmp_tag = f".tmp-{tag}"
         tmp = self.directory / tmp_tag
         if self.rank == 0:
@@ -156,7 +186,15 @@ class CheckpointManager:
         )
         _barrier()
         if self.rank == 0:
-            meta = {"step": step, "epoch": epoch, "top1": top1, "time": time.time()}
+            meta = {
+                "step": step,
+                "epoch": epoch,
+                "top1": top1,
+                "time": time.time(),
+                "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                "config": run_config,
+                "files": _file_digests(tmp),
+            }
             (tmp / META).write_text(json.dumps(meta, indent=1))
             _fsync_tree(tmp)
             os.rename(tmp, final)
@@ -179,19 +217,98 @@ class CheckpointManager:
                 doomed = info.path.with_name(f".del-{info.tag}")
                 os.rename(info.path, doomed)  # never leave a half-deleted "complete" one
                 shutil.rmtree(doomed, ignore_errors=True)
+                shutil.rmtree(self.universal_path(info), ignore_errors=True)
+
+    # -- integrity and other world sizes -------------------------------------------------
+    def damaged(self) -> set[str]:
+        """Tags found damaged by :meth:`mark_damaged`: never resumed from, never pruned."""
+        record = self.directory / DAMAGED
+        if not record.is_file():
+            return set()
+        return {
+            json.loads(line)["tag"]
+            for line in record.read_text().splitlines()
+            if line.strip().startswith("{")
+        }
+
+    def mark_damaged(self, info: CheckpointInfo, reason: str) -> None:
+        """Record that ``info`` failed verification; it stays on disk, untouched."""
+        if self.rank == 0:
+            line = {"tag": info.tag, "reason": reason, "time": time.time()}
+            with open(self.directory / DAMAGED, "a") as handle:
+                handle.write(json.dumps(line) + "\n")
+        _barrier()
+
+    def verify(self, info: CheckpointInfo) -> str | None:
+        """Why ``info`` cannot be loaded (a missing, truncated or altered file), or None.
+
+        Reads every file once; nothing is deserialised. A checkpoint written without digests
+        (by an older version) is only checked for its files' presence.
+        """
+        try:
+            meta = info.meta()
+        except (OSError, json.JSONDecodeError) as error:
+            return f"its {META} is unreadable ({error})"
+        files = meta.get("files")
+        if files is None:
+            return (
+                None
+                if (info.path / "mp_rank_00_model_states.pt").is_file()
+                else ("mp_rank_00_model_states.pt is missing")
+            )
+        for name, expected in files.items():
+            path = info.path / name
+            if not path.is_file():
+                return f"{name} is missing"
+            size = path.stat().st_size
+            if size != expected["bytes"]:
+                return f"{name} has {size} bytes, {expected['bytes']} were written"
+            if _sha256(path) != expected["sha256"]:
+                return f"{name} differs from what was written (SHA-256 mismatch)"
+        return None
+
+    def universal_path(self, info: CheckpointInfo) -> Path:
+        """Where the universal (any world size) conversion of ``info`` is kept."""
+        return self.directory / UNIVERSAL_DIR / info.tag
+
+    def universal(self, info: CheckpointInfo) -> Path:
+        """The universal conversion of ``info``, converted by rank 0 on first use and reused
+        afterwards; ``info`` itself is left untouched. Collective."""
+        from adaact_dist.distributed import convert_to_universal
+
+        target = self.universal_path(info)
+        if self.rank == 0 and not target.is_dir():
+            tmp = target.with_name(f".tmp-{info.tag}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            convert_to_universal(info.path, tmp, write_latest=False)
+            _fsync_tree(tmp)
+            os.rename(tmp, target)
+            fsync_dir(target.parent)
+        _barrier()
+        return target
 
     # -- loading -----------------------------------------------------------------------
-    def load(self, engine: Any, path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Restore model and optimizer into ``engine``; return the trainer state and this
-        rank's state (``{"rng": ..., **rank_state}``; None if written with fewer ranks)."""
+    def info(self, path: str | Path) -> CheckpointInfo:
+        """The checkpoint at ``path`` (any run's), or FileNotFoundError saying what it lacks."""
         path = Path(path)
         if not (path / META).is_file():
             raise FileNotFoundError(
                 f"{path} is not a complete checkpoint (no {META}); pick a step* directory"
             )
+        meta = json.loads((path / META).read_text())
+        return CheckpointInfo(path=path, step=meta["step"], epoch=meta["epoch"], top1=meta["top1"])
+
+    def load(
+        self, engine: Any, path: str | Path, *, universal: Path | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Restore model and optimizer into ``engine`` (from ``universal``, the conversion of
+        ``path``, for an engine built with ``load_universal``); return the trainer state and
+        this rank's state (``{"rng": ..., **rank_state}``; None if written with fewer ranks)."""
+        path = self.info(path).path
+        source = universal or path
         load_path, client_state = engine.load_checkpoint(
-            str(path.parent),
-            tag=path.name,
+            str(source.parent),
+            tag=source.name,
             load_optimizer_states=True,
             load_lr_scheduler_states=False,
         )
@@ -200,6 +317,23 @@ class CheckpointManager:
         rng_file = path / RNG_DIR / f"rank{self.rank:05d}.pt"
         rank_state = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
         return client_state[TRAINER_STATE], rank_state
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_digests(root: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file under ``root``, by path relative to it."""
+    return {
+        path.relative_to(root).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 def _fsync_tree(root: Path) -> None:

@@ -145,6 +145,11 @@ class DataConfig(_Section):
         )
         self._require("max_micro_batch_size", self.max_micro_batch_size >= 1, ">= 1")
         self._require("num_workers", self.num_workers >= 0, ">= 0")
+        self._require(
+            "num_workers",
+            self.backend != "dali" or self.num_workers >= 1,
+            ">= 1 with the dali backend (its pipeline's CPU threads)",
+        )
         self._require("synthetic_train_samples", self.synthetic_train_samples >= 1, ">= 1")
         self._require("synthetic_val_samples", self.synthetic_val_samples >= 1, ">= 1")
 
@@ -336,6 +341,10 @@ class CheckpointConfig(_Section):
     """``auto``: resume from the newest checkpoint in the run dir; ``never``; or a path."""
     skip_seen_batches: bool = True
     """Mid-epoch resume: read past the epoch's batches already trained on (exact data order)."""
+    allow_changes: list[str] = field(default_factory=list)
+    """Keys that may differ from the run's record on resume, e.g. ``[schedule.epochs]`` to
+    extend a run (only keys that leave its checkpoints meaningful; see
+    :mod:`adaact_dist.train.run_record`)."""
 
     def __post_init__(self) -> None:
         self._require("every_steps", self.every_steps >= 0, ">= 0")

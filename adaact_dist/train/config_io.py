@@ -266,6 +266,10 @@ def _coerce(value: Any, hint: Any, key: str, sources: Mapping[str, str]) -> Any:
         if not isinstance(value, Mapping):
             fail("a mapping")
         return dict(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            fail("a list")
+        return [_coerce(v, args[0], key, sources) for v in value]
     raise AssertionError(f"unsupported config type {hint!r} for {key}")
 
 

@@ -71,16 +71,14 @@ def build_loaders(
         )
         return Loaders(train=train, val=val, val_total=data.synthetic_val_samples)
 
-    from adaact_dist.data import create_loader
-
     root = shard_root(config, rank)
     where = dict(shards=root, rank=rank, world_size=world_size, device=device)
-    train = create_loader(
+    train = _open_split(
         loader_config(
             config, split=data.train_split, training=True, batch_size=plan.micro_batch_size, **where
         )
     )
-    val = create_loader(
+    val = _open_split(
         loader_config(
             config, split=data.val_split, training=False, batch_size=plan.eval_batch_size, **where
         )
@@ -91,6 +89,34 @@ def build_loaders(
             "model.num_classes", config.model.num_classes, f"{classes}, the classes of {root}"
         )
     return Loaders(train=train, val=val, val_total=val.total_samples)
+
+
+def _open_split(options: LoaderConfig) -> Any:
+    """The split's loader; a data root that cannot give it is a config error that says how
+    to write the shards, not a traceback."""
+    from adaact_dist.data import create_loader
+
+    root, split = options.shards, options.split
+    write = (
+        f"write the shards with: python launch/make_shards.py --src IMAGE_FOLDER --out {root} "
+        f"--split {split}"
+    )
+    wanted = f"a shard directory holding {split}/manifest.json"
+    if not Path(root).is_dir():
+        problem = "does not exist" if not Path(root).exists() else "is not a directory"
+        raise ConfigValueError("data.root", root, f"{wanted}; it {problem}: {write}")
+    if not (Path(root) / split / "manifest.json").is_file():
+        raise ConfigValueError("data.root", root, f"{wanted}; it has no {split}/ split: {write}")
+    try:
+        return create_loader(options)
+    except ImportError as error:  # the dali backend without DALI installed
+        raise ConfigValueError(
+            "data.backend", options.backend, f"a backend whose package is installed ({error})"
+        ) from None
+    except (OSError, ValueError) as error:  # a damaged, missing or stale shard or index
+        raise ConfigValueError(
+            "data.root", root, f"{wanted} that reads cleanly, but {error}"
+        ) from None
 
 
 def loader_config(

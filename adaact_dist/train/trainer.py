@@ -41,7 +41,7 @@ from adaact_dist.train.components import (
     mixup_state,
 )
 from adaact_dist.train.config import ConfigValueError, TrainConfig
-from adaact_dist.train.config_io import ConfigError, config_error, dump_config
+from adaact_dist.train.config_io import ConfigError, config_error, config_to_dict
 from adaact_dist.train.ds_config import deepspeed_config
 from adaact_dist.train.evaluate import EvalResult, average_batchnorm_buffers, evaluate
 from adaact_dist.train.job import join_job, leave_job
@@ -50,6 +50,8 @@ from adaact_dist.train.logger import get_logger
 from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter, Progress
 from adaact_dist.train.plan import make_plan
 from adaact_dist.train.plots import plot_run
+from adaact_dist.train.resume import ResumePoint, choose_resume_point
+from adaact_dist.train.run_record import RunRecord
 from adaact_dist.train.schedule import LRSchedule
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -137,11 +139,8 @@ class Trainer:
         self.plan = make_plan(config, self.world_size)
         self.ds_config = deepspeed_config(config, self.plan)
         self.run_dir = Path(config.run.resolved_output_dir)
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(config))
-            (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=1))
-            (self.run_dir / "plan.json").write_text(json.dumps(self.plan.as_dict(), indent=1))
+        record = RunRecord(self.run_dir)
+        changed = record.check(config)  # before any work: this directory's run, or refuse
         self.log.info(
             "%d rank(s) via %s on %s | global batch %d = %d ranks x micro %d x accumulation %d"
             " | lr %.4g (x%.3g)",
@@ -161,6 +160,22 @@ class Trainer:
                 f"micro-batches of {self.plan.micro_batch_size} per rank)",
             )
         self.total_steps = config.schedule.epochs * self.steps_per_epoch
+        self.checkpoints = CheckpointManager(
+            self.run_dir / "checkpoints",
+            keep_last=config.checkpoint.keep_last,
+            keep_best=config.checkpoint.keep_best,
+            rank=self.rank,
+        )
+        self.run_config = config_to_dict(config)
+        point = choose_resume_point(
+            self.checkpoints,
+            config.checkpoint.resume,
+            world_size=self.world_size,
+            run_config=self.run_config,
+            allowed=tuple(config.checkpoint.allow_changes),
+        )
+        if point is not None and point.universal is not None:
+            self.ds_config.setdefault("checkpoint", {})["load_universal"] = True
         self._build_engine()
         self.schedule = LRSchedule(
             peak_lr=self.plan.lr,
@@ -176,14 +191,23 @@ class Trainer:
         # Augmentation and drop-path differ per rank.
         seed_all(derive_seed(config.run.seed, "global-rng", rank=self.rank))
         self.state = TrainerState()
-        self.checkpoints = CheckpointManager(
-            self.run_dir / "checkpoints",
-            keep_last=config.checkpoint.keep_last,
-            keep_best=config.checkpoint.keep_best,
-            rank=self.rank,
-        )
         self._pending_rng = None
-        self.resumed_from = self._resume()
+        self.resumed_from = self._resume(point) if point is not None else None
+        if self.rank == 0:  # built and resumed: this start counts
+            record.record_start(
+                config,
+                world_size=self.world_size,
+                launcher=self.job.launcher,
+                plan=self.plan.as_dict(),
+                deepspeed_config=self.ds_config,
+                changed=changed,
+            )
+        if changed:
+            self.log.warning(
+                "Continuing %s with changed %s (checkpoint.allow_changes)",
+                self.run_dir,
+                ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items()),
+            )
         self.metrics = (
             MetricsWriter(
                 self.run_dir,
@@ -218,19 +242,11 @@ class Trainer:
             self.engine.compile()
         self.input_dtype = engine_input_dtype(config)
 
-    def _resume(self) -> Path | None:
-        spec = self.config.checkpoint
-        self.checkpoints.remove_partial()
-        if spec.resume == "never":
-            return None
-        if spec.resume == "auto":
-            latest = self.checkpoints.latest()
-            if latest is None:
-                return None
-            path = latest.path
-        else:
-            path = Path(spec.resume)
-        trainer_state, rank_state = self.checkpoints.load(self.engine, path)
+    def _resume(self, point: ResumePoint) -> Path:
+        path = point.checkpoint.path
+        trainer_state, rank_state = self.checkpoints.load(
+            self.engine, path, universal=point.universal
+        )
         self.state = TrainerState(**trainer_state)
         self._pending_rng = rank_state
         if rank_state is None:
@@ -528,6 +544,7 @@ class Trainer:
             top1=top1,
             trainer_state=asdict(state),
             rank_state={"mixup": mixup_state(self.mixup)},
+            run_config=self.run_config,
         )
 
     def _plot(self) -> list[Path]:
