@@ -88,6 +88,23 @@ PY
     echo "adaact-dist: ${gpu_count} GPUs, driver ${driver}; ${versions}" >&2
 }
 
+# Runs the launcher as a child, not in place of this shell: `docker stop` signals only the
+# container's first process, and the DeepSpeed launcher would not pass SIGTERM on. This shell
+# sends it to the ranks instead (their command lines carry --local_rank=), which checkpoint
+# and exit 0; the launcher then ends with them, and the container with its status.
+train_forwarding_stop() {
+    "$@" &
+    local launcher=$!
+    trap 'echo "adaact-dist: stop requested: the ranks checkpoint and exit" >&2
+          pkill --signal TERM --full -- "--local_rank=" || true' TERM INT
+    local status=0
+    while true; do
+        wait "$launcher" && status=0 || status=$?
+        kill -0 "$launcher" 2>/dev/null || break # wait returned for the signal, not the exit
+    done
+    exit "$status"
+}
+
 has_config() {
     local arg
     for arg in "$@"; do
@@ -117,8 +134,13 @@ describe_node
 case $command in
     train)
         # One rank per GPU; one CPU rank on a node without GPUs (a smoke test).
-        run deepspeed --num_gpus "$((gpu_count > 0 ? gpu_count : 1))" \
-            "$project/launch/train_imagenet.py" "$@"
+        train=(deepspeed --num_gpus "$((gpu_count > 0 ? gpu_count : 1))"
+            "$project/launch/train_imagenet.py" "$@")
+        if [[ ${ADAACT_DRY_RUN:-0} == 1 ]]; then
+            run "${train[@]}"
+        else
+            train_forwarding_stop "${train[@]}"
+        fi
         ;;
     make-shards) run python "$project/launch/make_shards.py" "$@" ;;
     convert-checkpoint) run python "$project/launch/convert_checkpoint.py" "$@" ;;

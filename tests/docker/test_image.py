@@ -12,6 +12,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -295,3 +296,38 @@ def test_help_prints_usage_and_succeeds(tools: Path) -> None:
     assert result.returncode == 0 and "usage: docker run" in result.stdout
     for command in ("train", "make-shards", "convert-checkpoint", "gpu-check", "ADAACT_DRY_RUN"):
         assert command in result.stdout
+
+
+def test_docker_stop_reaches_the_ranks_which_checkpoint_and_exit(tools: Path, tmp_path) -> None:
+    """SIGTERM to the entrypoint (what `docker stop` sends) is passed to the rank processes,
+    not to the launcher; the container ends with the launcher's status once they exit."""
+    (tools / "pkill").symlink_to(shutil.which("pkill"))
+    (tools / "sleep").symlink_to(shutil.which("sleep"))
+    marker = tmp_path / "checkpointed"
+    rank = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        f"    open({str(marker)!r}, 'w').write('yes'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('rank up', flush=True)\n"
+        "time.sleep(60)\n"
+        "sys.exit(3)\n"
+    )
+    (tmp_path / "rank.py").write_text(rank)
+    # A launcher that ignores SIGTERM, like a first process without a handler, and waits
+    # for its one rank.
+    script(
+        tools / "deepspeed",
+        f"trap '' TERM; python {tmp_path / 'rank.py'} --local_rank=0 & wait $!",
+    )
+    env = {"PATH": str(tools), "ADAACT_DRY_RUN": "0"}
+    process = subprocess.Popen(
+        ["/bin/bash", ENTRYPOINT, "train", "--config", "demo"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout.readline() == "rank up\n"
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert marker.read_text() == "yes"
+    assert "stop requested: the ranks checkpoint and exit" in err
