@@ -168,8 +168,16 @@ def conv2d_input_sum_sq(geometry: ConvGeometry, x: Tensor) -> tuple[Tensor, int]
     # results keep its channel order, so channels_last sums need no transposing copy.
     s_c, s_h, s_w = image.stride()
     windows = image.as_strided((channels, kh, out_h, width), (s_c, dh * s_h, sh * s_h, s_w))
-    rows = torch.sum(windows, 2, out=_like_layout(image, (channels, kh, width)))
+    rows = _window_sum(windows, 2, image, (channels, kh, width))
     r_c, r_k, r_w = rows.stride()
     windows = rows.as_strided((channels, kh, kw, out_w), (r_c, r_k, dw * r_w, sw * r_w))
-    sums = torch.sum(windows, 3, out=_like_layout(image, (channels, kh, kw)))
+    sums = _window_sum(windows, 3, image, (channels, kh, kw))
     return sums, batch * out_h * out_w
+
+
+def _window_sum(windows: Tensor, dim: int, image: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """Sum over ``dim`` into a result in ``image``'s channel order. Under ``torch.compile`` the
+    compiler picks the layout itself: a strided ``out=`` would break its graph at every conv."""
+    if torch.compiler.is_compiling():
+        return windows.sum(dim)
+    return torch.sum(windows, dim, out=_like_layout(image, shape))

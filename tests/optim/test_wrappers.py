@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import adaact_dist
@@ -69,6 +70,20 @@ def test_compiled_model_collects_the_same_statistics():
             optimizer.step()
             optimizer.zero_grad()
     assert max_relative_error(compiled_source, eager) < 1e-5
+
+
+def test_hooks_on_channels_last_inputs_compile_into_one_graph():
+    """The statistics of NHWC convolutions stay inside dynamo's graph (a strided out= tensor
+    in the window sums broke it at every convolution)."""
+    # unpadded kernels over NHWC inputs: the patch-embedding case
+    model = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    model = model.to(memory_format=torch.channels_last)
+    AdaAct(model.parameters(), model=model)
+    x = torch.randn(2, 3, 12, 10).contiguous(memory_format=torch.channels_last)
+    explained = torch._dynamo.explain(model)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), [
+        str(reason.reason) for reason in explained.break_reasons
+    ]
 
 
 def test_timm_registry_and_factory_use_timm_grouping():
