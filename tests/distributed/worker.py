@@ -1,11 +1,15 @@
 """One rank of the distributed tests; ``tests/distributed/launch.py`` starts it with the deepspeed
 launcher. Each suite runs many engines in one process group (launching is the slow
 part) and rank 0 saves everything the tests compare to ``<out>/<suite>.pt``.
+
+``--device cuda`` runs a suite on this rank's GPU over NCCL (``benchmarks/gpu_check.py``
+launches the ``gpu`` suite so); the default is the CPU and gloo.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +45,7 @@ BF16_CONFIGS = {  # stage -> config: unfused (stage 0), BF16_Optimizer (1), ZeRO
     1: {**BF16, "data_types": {"grad_accum_dtype": "fp32"}},
     2: BF16,
 }
+FP16 = {"enabled": True, "initial_scale_power": 8}  # dynamic loss scaling from 2**8
 # bf16 runs use no BatchNorm: after DeepSpeed's bf16 cast, BatchNorm's forward on this CPU
 # build fails with "expected scalar type BFloat16 but found Float".
 BF16_S1 = {**BF16_CONFIGS[1], "batchnorm": False}
@@ -61,7 +66,10 @@ class Run:
     """An engine with AdaAct bound, stepped on the shared data, recording what tests check."""
 
     def __init__(self, stage, *, gas=1, batchnorm=True, k=1, other_rule="sgd", bind=True, **cfg):
-        self.model = make_model(batchnorm, seed=0)
+        # on DeepSpeed's device before AdaAct is built, as the trainer does (a no-op on CPU)
+        self.model = make_model(batchnorm, seed=0).to(
+            deepspeed.get_accelerator().current_device_name()
+        )
         self.optimizer = make_optimizer(self.model, stats_sync_every=k, other_rule=other_rule)
         config = ds_config(stage, gas, **cfg)
         initialize = deepspeed_initialize if bind else deepspeed.initialize
@@ -69,7 +77,8 @@ class Run:
         if bind:
             self.optimizer.distributor = CountingSync(self.optimizer.distributor)
         self.gas, self.rank = gas, dist.get_rank()
-        self.dtype = next(self.model.parameters()).dtype
+        first = next(self.model.parameters())  # where and in what DeepSpeed put the model
+        self.dtype, self.device = first.dtype, first.device
         self.identical: list[bool] = []
         self.second_moments: dict[int, torch.Tensor] = {}
         self.preconds: dict[int, torch.Tensor] = {}
@@ -87,7 +96,8 @@ class Run:
     def _one(self, step: int, poison: bool = False) -> None:
         for j in range(self.gas):
             x, y = micro_batch(step, self.rank * self.gas + j)
-            loss = F.cross_entropy(self.engine(x.to(self.dtype)).float(), y)
+            output = self.engine(x.to(self.device, self.dtype)).float()
+            loss = F.cross_entropy(output, y.to(self.device))
             if poison and self.rank == dist.get_world_size() - 1:
                 loss = loss * float("inf")
             self.engine.backward(loss)
@@ -180,17 +190,34 @@ def suite_main(out: Path) -> dict:
     results["bind_stranger"] = _error(lambda: bind_deepspeed(bound.engine, stranger))
     results["unbound_zero"] = _error(lambda: Run(1, bind=False).steps(1, 1))
     # bf16 at stage 0 (FP16_UnfusedOptimizer) steps AdaAct while deepspeed.initialize runs
-    results["unbound_bf16"] = _error(
-        lambda: Run(0, bind=False, batchnorm=False, **BF16_CONFIGS[0])
-    )
+    results["unbound_bf16"] = _error(lambda: Run(0, bind=False, batchnorm=False, **BF16_CONFIGS[0]))
     results["fp16_supported"] = deepspeed.get_accelerator().is_fp16_supported()
     if results["fp16_supported"]:
-        fp16 = {"fp16": {"enabled": True, "initial_scale_power": 8}}
+        fp16 = {"fp16": FP16}
         for stage in (0, 1, 2):
             straight = Run(stage, batchnorm=False, **fp16).steps(1, 5)
             results[f"fp16_s{stage}"] = straight.record()
             skipped = Run(stage, batchnorm=False, **fp16).steps(1, 5, overflow_before=3)
             results[f"fp16_s{stage}_overflow"] = skipped.record()
+    return results
+
+
+def suite_gpu(out: Path) -> dict:
+    """One GPU rank (NCCL): ZeRO 0/1/2 in fp32, bf16 and fp16 with dynamic loss scaling
+    (which DeepSpeed's CPU accelerator refuses), each low-precision run also with an overflow
+    step. Accumulation 2 makes the global batch of the 2-rank CPU suite, so the same
+    one-process controls apply."""
+    results = {"fp16_supported": deepspeed.get_accelerator().is_fp16_supported()}
+    for stage in (0, 1, 2):
+        results[f"fp32_s{stage}"] = Run(stage, gas=2).steps(1, 6).record()
+        configs = {"bf16": BF16_CONFIGS[stage]}
+        if results["fp16_supported"]:
+            configs["fp16"] = {"fp16": FP16}
+        for name, config in configs.items():
+            straight = Run(stage, gas=2, batchnorm=False, **config).steps(1, 5)
+            results[f"{name}_s{stage}"] = straight.record()
+            skipped = Run(stage, gas=2, batchnorm=False, **config).steps(1, 5, overflow_before=3)
+            results[f"{name}_s{stage}_overflow"] = skipped.record()
     return results
 
 
@@ -265,6 +292,17 @@ def suite_failure(out: Path, mode: str, hang_timeout_s: float | None) -> dict:
     return {}
 
 
+def _to_cpu(value):
+    """``value`` with every tensor moved to the CPU, so that any process can load the results."""
+    if torch.is_tensor(value):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value
+
+
 def _scramble(module) -> None:
     """Make sure a resume really loads the weights, rather than starting from equal ones."""
     for p in module.parameters(recurse=False):
@@ -278,8 +316,15 @@ def main() -> None:
     parser.add_argument("--pg-timeout", type=float, default=120.0)
     parser.add_argument("--hang-timeout", type=float, default=None)
     parser.add_argument("--local_rank", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
-    init_distributed(timeout_s=args.pg_timeout)
+    if args.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", args.local_rank)))
+        # fp32 runs are compared with fp32 CPU controls: no TF32 in convolutions or matmuls
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        init_distributed(timeout_s=args.pg_timeout, backend="nccl")
+    else:
+        init_distributed(timeout_s=args.pg_timeout)
     torch.set_num_threads(1)
     if args.suite.startswith("failure_"):
         suite_failure(args.out, args.suite.removeprefix("failure_"), args.hang_timeout)
@@ -289,8 +334,9 @@ def main() -> None:
         "one_rank": suite_one_rank,
         "two_from_one": suite_two_from_one,
         "ddp": suite_ddp,
+        "gpu": suite_gpu,
     }
-    results = suites[args.suite](args.out)
+    results = _to_cpu(suites[args.suite](args.out))
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:

@@ -270,7 +270,7 @@ def test_without_python_the_summary_says_so_and_the_command_still_runs(tools: Pa
         (["convert-checkpoint", "runs/r/checkpoints/global_step300"],
          ["python", f"{LAUNCH}/convert_checkpoint.py", "runs/r/checkpoints/global_step300"]),
         (["gpu-check"], ["python", f"{BENCHMARKS}/gpu_check.py"]),
-        (["gpu-check", "--quick"], ["python", f"{BENCHMARKS}/gpu_check.py", "--quick"]),
+        (["gpu-check", "--smoke"], ["python", f"{BENCHMARKS}/gpu_check.py", "--smoke"]),
         (["python", "-c", "print('a b')"], ["python", "-c", "print('a b')"]),
         (["bash"], ["bash"]),
     ],

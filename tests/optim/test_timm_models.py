@@ -58,13 +58,13 @@ def shrunk(name: str) -> nn.Module:
 SHRUNK = ["convmixer", "mlp_mixer"]
 
 
-def build(name: str) -> tuple[nn.Module, int]:
+def build(name: str, device: torch.device | str = "cpu") -> tuple[nn.Module, int]:
     torch.manual_seed(0)
     if name in SHRUNK:
-        return shrunk(name).double(), 32
+        return shrunk(name).double().to(device), 32
     kwargs, size = MODELS[name]
     model = timm.create_model(name, pretrained=False, num_classes=3, **kwargs)
-    return model.double(), size
+    return model.double().to(device), size
 
 
 class CallRecorder(TorchFunctionMode):
@@ -121,16 +121,16 @@ def one_step(model: nn.Module, x: torch.Tensor, channels_last: bool):
     layers = {id(m.weight): m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     with CallRecorder(layers) as recorder:
         output = model(x)
-    F.cross_entropy(output, torch.arange(x.shape[0]) % 3).backward()
+    F.cross_entropy(output, torch.arange(x.shape[0], device=x.device) % 3).backward()
     optimizer.step()
     return model, optimizer, recorder.calls
 
 
 @pytest.mark.parametrize("name", [*MODELS, *SHRUNK])
-def test_statistics_and_step_in_both_memory_formats(name):
-    model, size = build(name)
+def test_statistics_and_step_in_both_memory_formats(name, device):
+    model, size = build(name, device)
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=generator)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=generator).to(device)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     updates = {}
     for channels_last in (False, True):

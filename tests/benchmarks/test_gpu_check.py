@@ -1,0 +1,69 @@
+"""``benchmarks/gpu_check.py``: ``--smoke`` runs every part (or says why not) and writes a
+well-formed report; without a GPU and without ``--smoke`` it says so and exits 0."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+PARTS = [
+    "optim_tests", "deepspeed_nccl", "dali_test", "loaders",
+    "throughput", "optimizer_core", "compile", "demo",
+]  # fmt: skip
+TORCH_ONLY = ["throughput", "optimizer_core", "compile"]  # need nothing but torch and timm
+MACHINE = ["gpu", "gpu_count", "driver", "cuda", "cudnn", "nccl", "cpu", "cores", "python", "torch"]
+
+
+def gpu_check(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("gpu-check")
+    done = gpu_check("--smoke", "--out", str(out), "--work", str(out / "work"))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
+
+
+def test_smoke_report_has_every_part_with_a_status(smoke):
+    report, markdown = smoke
+    parts = {part["name"]: part for part in report["parts"]}
+    assert list(parts) == PARTS
+    for name, part in parts.items():
+        assert part["status"] in ("ok", "skipped"), (
+            f"{name}: {part['reason']}\n{part['error_tail']}"
+        )
+        assert part["status"] == "ok" or part["reason"], f"{name} skipped without a reason"
+        assert 0 <= part["seconds"] <= part["budget_s"] + 5
+        assert f"`{name}`): {part['status']}" in markdown
+    for name in TORCH_ONLY:
+        assert parts[name]["status"] == "ok" and parts[name]["rows"]
+    if not torch.cuda.is_available():  # what cannot run on a CPU says so
+        for name in ("deepspeed_nccl", "dali_test", "optim_tests"):
+            assert parts[name]["status"] == "skipped"
+
+
+def test_smoke_report_names_the_machine_and_claims_no_goal(smoke):
+    report, markdown = smoke
+    machine = report["machine"]
+    assert all(key in machine for key in MACHINE) and machine["torch"] == torch.__version__
+    assert {"timm", "deepspeed", "dali"} <= set(machine["libraries"])
+    assert machine["mode"].startswith("smoke") and "Mode: smoke" in markdown
+    assert report["goals"] and all(goal["result"].startswith("n/a") for goal in report["goals"])
+    assert "| goal | measured | target | result |" in markdown
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
+    done = gpu_check("--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"))
+    assert done.returncode == 0 and "No CUDA GPU here" in done.stdout
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
