@@ -46,6 +46,7 @@ import contextlib
 import functools
 import inspect
 import os
+import warnings
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -127,6 +128,7 @@ def bind_deepspeed(engine: Any, optimizer: AdaAct) -> None:
     for layout in layouts:
         optimizer.map_flat_tensor(layout.flat, layout.fragments)
     _check_every_tensor_is_mapped(optimizer)
+    _warn_about_clipping(engine)
     if optimizer.distributor is None:
         optimizer.distributor = TorchStatsSync(engine.seq_data_parallel_group)
     if wrapper is not optimizer:
@@ -135,6 +137,20 @@ def bind_deepspeed(engine: Any, optimizer: AdaAct) -> None:
             shapes = {name: list(p.shape) for p, name in engine.param_names.items()}
             _checkpoint_statistics(wrapper, optimizer, layouts, shapes)
     _bound.add(optimizer)
+
+
+def _warn_about_clipping(engine: Any) -> None:
+    """DeepSpeed 0.19 clips the global gradient norm at 1.0 unless its config says otherwise,
+    so a hand-written config silently clips AdaAct's steps: say so, once per process."""
+    clip = engine.gradient_clipping()
+    if clip and clip > 0:
+        warnings.warn(
+            f"DeepSpeed clips the global gradient norm at {clip:g} before every AdaAct step "
+            "(its config's gradient_clipping; DeepSpeed 0.19 uses 1.0 when the key is absent). "
+            'Set "gradient_clipping": 0 in the DeepSpeed config to turn it off.',
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_every_tensor_is_mapped(optimizer: AdaAct) -> None:

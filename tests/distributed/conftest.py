@@ -1,15 +1,18 @@
 """Real multi-process runs: the deepspeed launcher starts ``worker.py`` on 1 or 2 CPU ranks.
 
 Launching costs more than the runs, so each fixture launches one suite once per session
-and the tests read what its rank 0 saved.
+and the tests read what its rank 0 saved. A failure names the scenario it happened in and
+shows that scenario's log; a launch is killed as hung only when it stops printing.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,12 +22,16 @@ from adaact_dist.distributed import convert_to_universal
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
-HANG_GUARD_S = 300  # a suite that runs past this has hung: the test fails, it never waits
+SCENARIO_MARK = "[scenario] "  # what worker.py prints as each scenario starts
+# A launch that prints nothing for this long has hung: it is killed and the test fails. Slow
+# is not hung: a loaded machine stretches every scenario, and each one prints as it starts.
+SILENCE_S = 240
 
 
 def launch(
     suite: str, out: Path, ranks: int, *extra: str, launcher: str = "deepspeed"
 ) -> subprocess.CompletedProcess:
+    """Run the suite on ``ranks`` ranks; stdout holds both streams of every rank."""
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -37,16 +44,53 @@ def launch(
         str(WORKER), "--suite", suite, "--out", str(out), *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
-    )
+    log_path = out / f"{suite}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+        returncode = _wait_while_it_speaks(process, log_path)
+    return subprocess.CompletedProcess(command, returncode, log_path.read_text(), "")
+
+
+def _wait_while_it_speaks(process: subprocess.Popen, log_path: Path) -> int:
+    """The launch's exit status; kill it (every rank) after ``SILENCE_S`` without output."""
+    size, quiet_since = -1, time.monotonic()
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        if log_path.stat().st_size != size:
+            size, quiet_since = log_path.stat().st_size, time.monotonic()
+        elif time.monotonic() - quiet_since > SILENCE_S:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(
+                f"{log_path.name}: no output for {SILENCE_S} s, killed as hung in "
+                f"{_last_scenario(log_path.read_text())}:\n{_tail(log_path.read_text())}"
+            )
+
+
+def _last_scenario(log: str) -> str:
+    marks = [line for line in log.splitlines() if line.startswith(SCENARIO_MARK)]
+    return f"scenario {marks[-1][len(SCENARIO_MARK) :]}" if marks else "its start-up"
+
+
+def _tail(log: str, chars: int = 8000) -> str:
+    """The log from the last scenario's start (at most ``chars`` of it)."""
+    start = log.rfind(SCENARIO_MARK)
+    return log[max(start, 0) :][-chars:]
 
 
 def run_suite(suite: str, out: Path, ranks: int, launcher: str = "deepspeed") -> list[dict]:
     done = launch(suite, out, ranks, launcher=launcher)
     if done.returncode != 0:
-        log = done.stdout[-3000:] + "\n--- stderr ---\n" + done.stderr[-6000:]
-        pytest.fail(f"suite {suite} failed (status {done.returncode}):\n{log}")
+        pytest.fail(
+            f"suite {suite} failed in {_last_scenario(done.stdout)} (status {done.returncode}); "
+            f"its log:\n{_tail(done.stdout)}"
+        )
     return torch.load(out / f"{suite}.pt", weights_only=False)
 
 

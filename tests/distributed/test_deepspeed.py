@@ -218,3 +218,11 @@ def test_converter_needs_every_rank_and_says_what_is_missing(main_suite, out_dir
         convert_to_universal(partial)
     with pytest.raises(FileNotFoundError, match="stage-0 checkpoint needs no conversion"):
         convert_to_universal(tmp_path)
+
+
+def test_the_binding_warns_when_deepspeed_clips_by_default(main_suite):
+    """DeepSpeed 0.19 clips at norm 1.0 when its config has no gradient_clipping."""
+    (warning,) = main_suite[0]["clipping_warnings"]
+    assert "clips the global gradient norm at 1 before every AdaAct step" in warning
+    assert '"gradient_clipping": 0' in warning
+    assert main_suite[0]["no_clipping_warnings"] == []

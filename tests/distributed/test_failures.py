@@ -1,7 +1,7 @@
 """A rank that raises, or hangs, ends the whole job with an error in bounded time.
 
 Each case launches 2 real ranks; rank 1 fails at step 3. ``launch`` gives up after
-``HANG_GUARD_S`` seconds, so a job that would wait forever fails the test instead.
+``SILENCE_S`` seconds without output, so a job that would wait forever fails the test instead.
 """
 
 from __future__ import annotations

@@ -9,9 +9,12 @@ launches the ``gpu`` suite so); the default is the CPU and gloo.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import deepspeed
@@ -45,6 +48,7 @@ BF16_CONFIGS = {  # stage -> config: unfused (stage 0), BF16_Optimizer (1), ZeRO
     1: {**BF16, "data_types": {"grad_accum_dtype": "fp32"}},
     2: BF16,
 }
+SCENARIO_MARK = "[scenario] "  # conftest.py reads it to name a failing scenario
 FP16 = {"enabled": True, "initial_scale_power": 8}  # dynamic loss scaling from 2**8
 # bf16 runs use no BatchNorm: after DeepSpeed's bf16 cast, BatchNorm's forward on this CPU
 # build fails with "expected scalar type BFloat16 but found Float".
@@ -145,61 +149,96 @@ def _error(fn) -> str:
     return "no error"
 
 
+@contextlib.contextmanager
+def scenario(name: str) -> Iterator[str]:
+    """Announce a scenario before it starts, so that a failure or a hang of the shared launch is
+    reported by the scenario's name (``conftest.py`` reads the marks); yields the name."""
+    print(f"{SCENARIO_MARK}{name}", flush=True)
+    yield name
+
+
 def suite_main(out: Path) -> dict:
     results = {}
     for stage in (0, 1, 2):
         rule = "sgd_momentum" if stage == 1 else "sgd"
-        results[f"k1_s{stage}"] = Run(stage, other_rule=rule).steps(1, 6).record()
-        results[f"k3_s{stage}"] = Run(stage, k=3).steps(1, 7).record()
-    results["k1_s1_gas2"] = Run(1, gas=2).steps(1, 6).record()
-    results["k1_s2_gas2"] = Run(2, gas=2).steps(1, 6).record()
+        with scenario(f"k1_s{stage}") as key:
+            results[key] = Run(stage, other_rule=rule).steps(1, 6).record()
+        with scenario(f"k3_s{stage}") as key:
+            results[key] = Run(stage, k=3).steps(1, 7).record()
     for stage in (1, 2):
-        results[f"k1_s{stage}_nobn"] = Run(stage, batchnorm=False).steps(1, 6).record()
+        with scenario(f"k1_s{stage}_gas2") as key:
+            results[key] = Run(stage, gas=2).steps(1, 6).record()
+        with scenario(f"k1_s{stage}_nobn") as key:
+            results[key] = Run(stage, batchnorm=False).steps(1, 6).record()
     offload = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}
-    results["k1_s2_offload"] = (
-        Run(2, zero_force_ds_cpu_optimizer=False, **offload).steps(1, 6).record()
-    )
+    with scenario("k1_s2_offload") as key:
+        results[key] = Run(2, zero_force_ds_cpu_optimizer=False, **offload).steps(1, 6).record()
 
     for stage, config in BF16_CONFIGS.items():
-        results[f"bf16_s{stage}"] = Run(stage, batchnorm=False, **config).steps(1, 5).record()
-        skipped = Run(stage, batchnorm=False, **config).steps(1, 5, overflow_before=3)
-        results[f"bf16_s{stage}_overflow"] = skipped.record()
+        with scenario(f"bf16_s{stage}") as key:
+            results[key] = Run(stage, batchnorm=False, **config).steps(1, 5).record()
+        with scenario(f"bf16_s{stage}_overflow") as key:
+            skipped = Run(stage, batchnorm=False, **config).steps(1, 5, overflow_before=3)
+            results[key] = skipped.record()
 
     checkpointed = {"s0": (0, {}), "s1": (1, {}), "s2": (2, {}), "bf16_s1": (1, BF16_S1)}
     for name, (stage, config) in checkpointed.items():
         # save at step 3 and go on; resume from step 3 in a fresh engine
         save_dir = out / f"ckpt_{name}"
-        first = Run(stage, k=2, **config).steps(1, 3)
-        first.engine.save_checkpoint(str(save_dir), tag="step3")
-        results[f"ckpt_{name}_straight"] = first.steps(4, 6).record()
-        resumed = Run(stage, k=2, **config)
-        resumed.model.apply(_scramble)
-        resumed.engine.load_checkpoint(str(save_dir), tag="step3")
-        results[f"ckpt_{name}_resumed"] = resumed.steps(4, 6).record()
+        with scenario(f"ckpt_{name}_straight") as key:
+            first = Run(stage, k=2, **config).steps(1, 3)
+            first.engine.save_checkpoint(str(save_dir), tag="step3")
+            results[key] = first.steps(4, 6).record()
+        with scenario(f"ckpt_{name}_resumed") as key:
+            resumed = Run(stage, k=2, **config)
+            resumed.model.apply(_scramble)
+            resumed.engine.load_checkpoint(str(save_dir), tag="step3")
+            results[key] = resumed.steps(4, 6).record()
 
-    results["refuse_round_robin"] = _error(
-        lambda: Run(2, zero_optimization={"round_robin_gradients": True})
-    )
-    results["refuse_stage3"] = _error(lambda: Run(3))
-    results["refuse_elastic"] = _error(
-        lambda: Run(1, zero_optimization={"elastic_checkpoint": True})
-    )
-    bound = Run(1)
-    results["bind_twice"] = _error(lambda: bind_deepspeed(bound.engine, bound.optimizer))
-    stranger = make_optimizer(make_model())
-    results["bind_stranger"] = _error(lambda: bind_deepspeed(bound.engine, stranger))
-    results["unbound_zero"] = _error(lambda: Run(1, bind=False).steps(1, 1))
-    # bf16 at stage 0 (FP16_UnfusedOptimizer) steps AdaAct while deepspeed.initialize runs
-    results["unbound_bf16"] = _error(lambda: Run(0, bind=False, batchnorm=False, **BF16_CONFIGS[0]))
+    with scenario("refusals"):
+        results["refuse_round_robin"] = _error(
+            lambda: Run(2, zero_optimization={"round_robin_gradients": True})
+        )
+        results["refuse_stage3"] = _error(lambda: Run(3))
+        results["refuse_elastic"] = _error(
+            lambda: Run(1, zero_optimization={"elastic_checkpoint": True})
+        )
+        bound = Run(1)
+        results["bind_twice"] = _error(lambda: bind_deepspeed(bound.engine, bound.optimizer))
+        stranger = make_optimizer(make_model())
+        results["bind_stranger"] = _error(lambda: bind_deepspeed(bound.engine, stranger))
+        results["unbound_zero"] = _error(lambda: Run(1, bind=False).steps(1, 1))
+        # bf16 at stage 0 (FP16_UnfusedOptimizer) steps AdaAct while deepspeed.initialize runs
+        results["unbound_bf16"] = _error(
+            lambda: Run(0, bind=False, batchnorm=False, **BF16_CONFIGS[0])
+        )
+    with scenario("clipping_warnings"):
+        results["clipping_warnings"] = _clipping_warnings(drop_key=True)
+        results["no_clipping_warnings"] = _clipping_warnings(drop_key=False)
     results["fp16_supported"] = deepspeed.get_accelerator().is_fp16_supported()
     if results["fp16_supported"]:
         fp16 = {"fp16": FP16}
         for stage in (0, 1, 2):
-            straight = Run(stage, batchnorm=False, **fp16).steps(1, 5)
-            results[f"fp16_s{stage}"] = straight.record()
-            skipped = Run(stage, batchnorm=False, **fp16).steps(1, 5, overflow_before=3)
-            results[f"fp16_s{stage}_overflow"] = skipped.record()
+            with scenario(f"fp16_s{stage}") as key:
+                results[key] = Run(stage, batchnorm=False, **fp16).steps(1, 5).record()
+            with scenario(f"fp16_s{stage}_overflow") as key:
+                skipped = Run(stage, batchnorm=False, **fp16).steps(1, 5, overflow_before=3)
+                results[key] = skipped.record()
     return results
+
+
+def _clipping_warnings(*, drop_key: bool) -> list[str]:
+    """The binding's warnings about gradient clipping for a config without the key (DeepSpeed
+    0.19 then clips at 1.0) or with it set to 0."""
+    model = make_model()
+    optimizer = make_optimizer(model)
+    config = ds_config(1)
+    if drop_key:
+        del config["gradient_clipping"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deepspeed_initialize(model=model, optimizer=optimizer, config=config)
+    return [str(w.message) for w in caught if "gradient norm" in str(w.message)]
 
 
 def suite_gpu(out: Path) -> dict:
