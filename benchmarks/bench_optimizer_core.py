@@ -179,6 +179,7 @@ def main() -> None:
         ("resnet50", False),
         ("resnet50", True),
         ("vit_small_patch16_224", False),
+        ("convnext_nano", False),  # NHWC blocks inside: permuted conv inputs
     ):
         model = timm.create_model(name, num_classes=1000).train()
         x = torch.randn(args.batch, 3, 224, 224)

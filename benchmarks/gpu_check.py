@@ -38,10 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # adaact_dist and tests.* from this checkout, installed or not
-from gpu_parts import (  # noqa: E402
+from gpu_parts import (  # gpu_parts puts this checkout on sys.path
+    ROOT,
     Context,
     Outcome,
     Skipped,

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -21,10 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # adaact_dist and tests.* from this checkout, installed or not
-from gpu_parts import (  # noqa: E402
+from gpu_parts import (  # gpu_parts puts this checkout on sys.path
     Context,
     ModelSpec,
     Outcome,
