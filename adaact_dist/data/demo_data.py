@@ -5,6 +5,10 @@ the tests run anywhere without downloading anything. On first use they are upsca
 ``image_size`` RGB, split (stratified, seeded) into train and val, and written through the same
 shard writer as ImageNet (PNG in, RGB JPEG out); later calls find the finished copy and return at
 once. Concurrent callers (several ranks of one job) wait on a file lock and then share it.
+
+``digits_noisy`` is the same split with 40% of the *training* labels replaced by another class
+(uniformly, seeded; validation stays clean): a task where fitting the training set and
+generalising part ways, which is how "generalises like SGD" shows at small scale.
 """
 
 from __future__ import annotations
@@ -15,10 +19,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["default_cache_dir", "ensure_digits_shards"]
+__all__ = [
+    "BUILTIN_LABEL_NOISE",
+    "default_cache_dir",
+    "ensure_builtin_shards",
+    "ensure_digits_shards",
+]
 
 _VERSION = 2
 _DONE = ".complete"
+
+BUILTIN_LABEL_NOISE = {"digits": 0.0, "digits_noisy": 0.4}
+"""Each embedded data set (``data.builtin``) and the share of its training labels that is noise."""
 
 
 def default_cache_dir() -> Path:
@@ -27,8 +39,25 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "adaact-dist"
 
 
-def _write_digit_images(src: Path, image_size: int, val_fraction: float, seed: int) -> None:
-    """Digits as PNG ImageFolder trees ``src/train/<digit>/`` and ``src/val/<digit>/``."""
+def _noisy_labels(labels, fraction: float, seed: int):
+    """``labels`` with exactly ``round(fraction * n)`` of them, chosen at random, moved to
+    another class drawn uniformly (symmetric label noise)."""
+    import numpy as np
+
+    from adaact_dist._seeds import derive_seed
+
+    rng = np.random.default_rng(derive_seed(seed, "digits-label-noise"))
+    noisy = labels.copy()
+    chosen = rng.choice(len(labels), size=round(fraction * len(labels)), replace=False)
+    noisy[chosen] = (labels[chosen] + rng.integers(1, 10, size=len(chosen))) % 10
+    return noisy
+
+
+def _write_digit_images(
+    src: Path, image_size: int, val_fraction: float, seed: int, train_label_noise: float
+) -> None:
+    """Digits as PNG ImageFolder trees ``src/train/<label>/`` and ``src/val/<label>/``; a
+    relabelled training image keeps its true digit in its name (``digit_0123_true7``)."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -39,15 +68,31 @@ def _write_digit_images(src: Path, image_size: int, val_fraction: float, seed: i
     train, val = train_test_split(
         indices, test_size=val_fraction, stratify=digits.target, random_state=seed
     )
-    for split, chosen in (("train", train), ("val", val)):
-        for i in chosen:
+    train_labels = _noisy_labels(digits.target[train], train_label_noise, seed)
+    for split, chosen, labels in (
+        ("train", train, train_labels),
+        ("val", val, digits.target[val]),
+    ):
+        for i, label in zip(chosen, labels, strict=True):
             pixels = np.round(digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
             image = Image.fromarray(pixels).resize(
                 (image_size, image_size), Image.Resampling.BICUBIC
             )
-            folder = src / split / str(digits.target[i])
+            folder = src / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
-            image.convert("RGB").save(folder / f"digit_{i:04d}.png")
+            true = "" if label == digits.target[i] else f"_true{digits.target[i]}"
+            image.convert("RGB").save(folder / f"digit_{i:04d}{true}.png")
+
+
+def ensure_builtin_shards(
+    name: str, cache_dir: str | Path | None = None, *, image_size: int = 32, seed: int = 0
+) -> Path:
+    """The shards of the embedded data set ``name`` (a key of :data:`BUILTIN_LABEL_NOISE`)."""
+    if name not in BUILTIN_LABEL_NOISE:
+        raise ValueError(f"Invalid name={name!r}: must be one of {', '.join(BUILTIN_LABEL_NOISE)}")
+    return ensure_digits_shards(
+        cache_dir, image_size=image_size, seed=seed, train_label_noise=BUILTIN_LABEL_NOISE[name]
+    )
 
 
 def ensure_digits_shards(
@@ -57,6 +102,7 @@ def ensure_digits_shards(
     shard_size: int = 256,
     val_fraction: float = 0.2,
     seed: int = 0,
+    train_label_noise: float = 0.0,
 ) -> Path:
     """Return the root of the digits shards, writing them on first use.
 
@@ -66,7 +112,9 @@ def ensure_digits_shards(
         image_size: Side of the RGB images (the 8x8 originals are upscaled bicubically).
         shard_size: Images per shard (256: 6 train shards, 2 val shards).
         val_fraction: Share of each class held out for validation (0.2: 1,437 / 360).
-        seed: Seed of the train/val split and of the shard shuffle.
+        seed: Seed of the train/val split, of the label noise and of the shard shuffle.
+        train_label_noise: Share of training images whose label is replaced by another
+            class, drawn uniformly (0.4 for ``digits_noisy``); validation labels stay true.
 
     Returns:
         ``root`` with ``root/train/manifest.json`` and ``root/val/manifest.json``: pass it as
@@ -78,8 +126,11 @@ def ensure_digits_shards(
         raise ValueError(f"Invalid image_size={image_size}: must be >= 8")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"Invalid val_fraction={val_fraction}: must be in (0, 1)")
+    if not 0.0 <= train_label_noise < 1.0:
+        raise ValueError(f"Invalid train_label_noise={train_label_noise}: must be in [0, 1)")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    name = f"digits-{image_size}px-s{shard_size}-v{val_fraction:g}-seed{seed}-v{_VERSION}"
+    noise = f"-noise{train_label_noise:g}" if train_label_noise else ""
+    name = f"digits-{image_size}px-s{shard_size}-v{val_fraction:g}-seed{seed}{noise}-v{_VERSION}"
     root = cache / name
     if (root / _DONE).is_file():
         return root
@@ -90,7 +141,7 @@ def ensure_digits_shards(
             return root
         work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
         try:
-            _write_digit_images(work / "src", image_size, val_fraction, seed)
+            _write_digit_images(work / "src", image_size, val_fraction, seed, train_label_noise)
             for split in ("train", "val"):
                 write_shards(
                     work / "src" / split,
@@ -99,7 +150,8 @@ def ensure_digits_shards(
                     shard_size=shard_size,
                     seed=seed,
                     command=f"adaact_dist.data.ensure_digits_shards(image_size={image_size}, "
-                    f"shard_size={shard_size}, val_fraction={val_fraction}, seed={seed})",
+                    f"shard_size={shard_size}, val_fraction={val_fraction}, seed={seed}, "
+                    f"train_label_noise={train_label_noise})",
                 )
             (work / "out" / _DONE).write_text("")
             if root.exists():  # a copy interrupted before it was complete

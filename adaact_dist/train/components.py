@@ -56,6 +56,10 @@ def build_optimizer(config: TrainConfig, model: nn.Module, plan: RunPlan) -> Opt
     """AdaAct or a baseline, all with timm's grouping (no weight decay on 1-D params, biases).
 
     AdaAct's statistics sync over ranks comes with ``adaact_dist.distributed.deepspeed_initialize``.
+    LAMB and LARS are timm's (the large-batch optimizers of timm's recipes); their trust
+    ratios are per parameter tensor, which is why the config refuses them on ZeRO-1/2's
+    flat partitions. LAMB keeps timm's global gradient-norm clipping at 1.0 (as NVIDIA's
+    reference implementation does), on top of ``optim.gradient_clipping``.
     """
     from timm.optim import create_optimizer_v2
 
@@ -71,14 +75,15 @@ def build_optimizer(config: TrainConfig, model: nn.Module, plan: RunPlan) -> Opt
             eps=spec.eps,
             stats_sync_every=spec.stats_sync_every,
         )
-    if spec.name == "sgd":
+    if spec.name in ("sgd", "lars"):
+        timm_name = "momentum" if spec.name == "sgd" else "lars"
         return create_optimizer_v2(
-            model, "momentum", lr=plan.lr, weight_decay=spec.weight_decay, momentum=spec.momentum
+            model, timm_name, lr=plan.lr, weight_decay=spec.weight_decay, momentum=spec.momentum
         )
-    if spec.name == "adamw":
+    if spec.name in ("adamw", "lamb"):
         return create_optimizer_v2(
             model,
-            "adamw",
+            spec.name,
             lr=plan.lr,
             weight_decay=spec.weight_decay,
             betas=spec.betas,

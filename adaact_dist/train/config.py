@@ -106,8 +106,9 @@ class DataConfig(_Section):
     root: str | None = None
     """Shard root holding ``<split>/manifest.json``; with ``builtin``, the cache directory
     (null: ``$ADAACT_CACHE`` or ``~/.cache/adaact-dist``)."""
-    builtin: Literal["digits"] | None = None
-    """An embedded data set, built on first use: ``digits`` (sklearn, for the demo)."""
+    builtin: Literal["digits", "digits_noisy"] | None = None
+    """An embedded data set, built on first use: ``digits`` (sklearn, for the demo), or
+    ``digits_noisy`` (the same with 40% of the training labels wrong, validation clean)."""
     train_split: str = "train"
     """Split name of the training shards."""
     val_split: str = "val"
@@ -229,21 +230,22 @@ class OptimConfig(_Section):
 
     SECTION: ClassVar[str] = "optim"
 
-    name: Literal["adaact", "sgd", "adamw"] = "adaact"
-    """``adaact``; ``sgd`` (momentum) and ``adamw`` are baselines run in the same loop."""
+    name: Literal["adaact", "sgd", "adamw", "lamb", "lars"] = "adaact"
+    """``adaact``; ``sgd`` (momentum), ``adamw``, and timm's ``lamb`` and ``lars`` (ZeRO
+    stage 0 only) are baselines run in the same loop."""
     lr: float = 4.0
     """Peak learning rate at ``lr_base_batch_size`` images per step."""
     lr_base_batch_size: int | None = None
     """Global batch that ``lr`` belongs to; lr scales linearly with the actual global batch
     (null: no scaling)."""
     betas: tuple[float, float] = (0.9, 0.999)
-    """AdaAct/AdamW (beta1, beta2)."""
+    """AdaAct/AdamW/LAMB (beta1, beta2)."""
     eps: float = 1e-8
-    """AdaAct/AdamW epsilon."""
+    """AdaAct/AdamW/LAMB epsilon."""
     weight_decay: float = 1e-4
     """Decoupled weight decay (not on 1-D parameters and biases)."""
     momentum: float = 0.9
-    """SGD momentum."""
+    """SGD/LARS momentum."""
     stats_sync_every: int = 1
     """AdaAct: average activation statistics across ranks every k steps."""
     gradient_clipping: float = 0.0
@@ -395,6 +397,9 @@ class TrainConfig(_Section):
     """A whole run: one attribute per YAML section."""
 
     SECTION: ClassVar[str] = ""
+    PER_TENSOR_OPTIMIZERS: ClassVar[tuple[str, ...]] = ("lamb", "lars")
+    """Optimizers whose trust ratio is a norm over each parameter tensor: ZeRO-1/2 would hand
+    them flat partitions that cut across tensors (and mix several tensors in one)."""
 
     run: RunConfig = field(default_factory=RunConfig)
     """Run directory, seed, early stop."""
@@ -427,4 +432,12 @@ class TrainConfig(_Section):
         if self.schedule.warmup_lr > self.optim.lr:
             raise ConfigValueError(
                 "schedule.warmup_lr", self.schedule.warmup_lr, f"<= optim.lr ({self.optim.lr})"
+            )
+        name, stage = self.optim.name, self.distributed.zero_stage
+        if name in self.PER_TENSOR_OPTIMIZERS and stage != 0:
+            raise ConfigValueError(
+                "distributed.zero_stage",
+                stage,
+                f"0 with optim.name={name!r}: its trust ratios are per parameter tensor, and "
+                f"ZeRO-{stage} hands the optimizer flat partitions; set distributed.zero_stage: 0",
             )

@@ -31,10 +31,12 @@ def shard_root(config: TrainConfig, rank: int) -> str | None:
     data = config.data
     if data.builtin is None:
         return data.root
-    from adaact_dist.data import ensure_digits_shards
+    from adaact_dist.data.demo_data import ensure_builtin_shards
 
     def build() -> Path:
-        return ensure_digits_shards(data.root, image_size=data.image_size, seed=config.run.seed)
+        return ensure_builtin_shards(
+            data.builtin, data.root, image_size=data.image_size, seed=config.run.seed
+        )
 
     if rank == 0:
         build()

@@ -1,13 +1,18 @@
-"""Embedded demo data (sklearn digits) and the photo throughput set."""
+"""Embedded demo data (sklearn digits, clean and with noisy training labels) and the photo
+throughput set."""
 
 from __future__ import annotations
 
 import multiprocessing
+import tarfile
+import typing
 
 import pytest
 from PIL import Image
 
 from adaact_dist.data import ensure_digits_shards, make_photo_set, read_manifest, shard_writer
+from adaact_dist.data.demo_data import BUILTIN_LABEL_NOISE, ensure_builtin_shards
+from adaact_dist.train.config import DataConfig
 
 
 def test_digits_shards(digits_root):
@@ -24,6 +29,39 @@ def test_second_call_uses_the_cache(digits_root, monkeypatch):
 
     monkeypatch.setattr(shard_writer, "write_shards", must_not_write)
     assert ensure_digits_shards(digits_root.parent, image_size=16) == digits_root
+
+
+def _labels(split_dir) -> dict[str, int]:
+    """Sample key without its class folder (the image's identity) -> label, from the tars."""
+    labels = {}
+    for shard in sorted(split_dir.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".cls"):
+                    key = member.name[: -len(".cls")].split("/", 1)[1].split("_true")[0]
+                    labels[key] = int(tar.extractfile(member).read())
+    return labels
+
+
+def test_noisy_digits_corrupt_training_labels_only(tmp_path):
+    clean = ensure_builtin_shards("digits", tmp_path, image_size=8, seed=1)
+    noisy = ensure_builtin_shards("digits_noisy", tmp_path, image_size=8, seed=1)
+    assert noisy != clean and "noise0.4" in noisy.name
+    assert _labels(noisy / "val") == _labels(clean / "val")  # same split, true labels
+    true, wrong = _labels(clean / "train"), _labels(noisy / "train")
+    assert true.keys() == wrong.keys() and len(true) == 1437
+    flipped = [key for key in true if wrong[key] != true[key]]
+    assert len(flipped) == round(0.4 * 1437)  # exactly 40%, each moved to another class
+    assert read_manifest(noisy / "train").classes == [str(d) for d in range(10)]
+    assert ensure_builtin_shards("digits_noisy", tmp_path, image_size=8, seed=2) != noisy
+    with pytest.raises(ValueError, match="digits_noisy"):
+        ensure_builtin_shards("cifar10", tmp_path)
+
+
+def test_builtin_names_match_the_config_choices():
+    assert set(typing.get_args(typing.get_type_hints(DataConfig)["builtin"].__args__[0])) == set(
+        BUILTIN_LABEL_NOISE
+    )
 
 
 def _make(cache):

@@ -201,3 +201,17 @@ def test_unknown_timm_model_is_a_config_error_with_suggestions():
     assert message.startswith("Invalid model.name='resnet51' in --set model.name=resnet51: must")
     assert "similar:" in message
     check_model_name(load_config("a2_vit_small"))  # the recipes' names exist
+
+
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_per_tensor_optimizers_are_refused_on_zero_partitions(tmp_path, name):
+    path = _yaml(tmp_path, f"data:\n  backend: synthetic\noptim:\n  name: {name}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)  # distributed.zero_stage defaults to 1
+    assert str(caught.value).startswith(
+        f"Invalid distributed.zero_stage=1 (default): must be 0 with optim.name={name!r}"
+    )
+    assert "set distributed.zero_stage: 0" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"zero_stage=2 in --set distributed.zero_stage=2"):
+        load_config(path, ["distributed.zero_stage=2"])
+    assert load_config(path, ["distributed.zero_stage=0"]).optim.name == name
