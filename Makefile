@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml docker/cuda-pins.txt
 	# no later resolution pulls another build.
 	$(PY) -m pip install --quiet -r docker/cuda-pins.txt
 	$(PY) -m pip install --quiet -e '.[test]'
+	# DeepSpeed's CPU comm op, JIT-built once here rather than inside the first CPU job.
+	$(PY) -c "from adaact_dist.distributed.op_builds import build_cpu_comm_op; build_cpu_comm_op()"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -58,6 +58,7 @@ from adaact_dist.distributed.deepspeed_layout import (
     deepspeed_layouts,
     keeps_flat_checkpoint,
 )
+from adaact_dist.distributed.op_builds import use_private_op_builds
 from adaact_dist.distributed.torch_sync import TorchStatsSync
 from adaact_dist.optim import AdaAct
 
@@ -85,6 +86,7 @@ def deepspeed_initialize(*, model: torch.nn.Module, optimizer: AdaAct, **kwargs:
             f"Invalid optimizer={type(optimizer).__name__}: deepspeed_initialize runs AdaAct; "
             "call deepspeed.initialize for other optimizers"
         )
+    use_private_op_builds()  # deepspeed.initialize builds the CPU comm op if nothing did
     with _construction_steps_skipped(optimizer):
         result = deepspeed.initialize(model=model, optimizer=optimizer, **kwargs)
     bind_deepspeed(result[0], optimizer)

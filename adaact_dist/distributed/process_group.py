@@ -8,6 +8,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from adaact_dist.distributed.op_builds import use_private_op_builds
+
 _timeout: timedelta | None = None
 
 
@@ -31,6 +33,7 @@ def init_distributed(timeout_s: float = 600.0, backend: str | None = None) -> No
         )
     import deepspeed  # heavy; only the distributed entry points need it
 
+    use_private_op_builds()  # the CPU comm op is built here
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     _timeout = timeout
 
