@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m ruff check $(SOURCES)
 	$(PY) .ci/lint_coverage.py $(SOURCES)
 	$(VENV)/bin/hadolint docker/Dockerfile
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(SOURCES)
