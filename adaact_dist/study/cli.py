@@ -14,6 +14,7 @@ from adaact_dist.study.recipes import RECIPES, STUDY_KEYS, RunSpec, study_specs,
 from adaact_dist.study.report import Context, summary_markdown, sweep_markdown
 from adaact_dist.study.results import aggregate, read_result, write_results
 from adaact_dist.study.runner import FINAL_STATES, Outcome, check_specs, last_log_line, run_all
+from adaact_dist.train.cli import add_override_option, overrides_of
 from adaact_dist.train.config_io import ConfigError, load_config, parse_override
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -89,15 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="OpenMP threads per run (1: small models gain little from more, and on a busy "
         "machine more threads spin against each other)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="trainer overrides for every run, e.g. --set schedule.epochs=5 (not the keys "
-        "the study sets per run)",
+    add_override_option(
+        parser,
+        "trainer overrides for every run, e.g. --set schedule.epochs=5 (not the keys the "
+        "study sets per run)",
     )
     return parser
 
@@ -161,7 +157,7 @@ def _write_reports(args: argparse.Namespace, specs: list[RunSpec], context: Cont
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    common = [item for group in args.overrides for item in group]
+    common = overrides_of(args)
     started = time.perf_counter()
     try:
         for item in common:

@@ -13,6 +13,24 @@ from adaact_dist.train.plan import make_plan
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
+def add_override_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE ...``, repeatable; :func:`overrides_of` flattens what it collects."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help,
+    )
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """Every ``--set`` item, in the order given."""
+    return [item for group in args.overrides for item in group]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train an image classifier with AdaAct on DeepSpeed (see configs/).",
@@ -22,14 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a YAML recipe: a path, or a bare name looked up in configs/ (a2_resnet50)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.lr=2.0 data.root=/data/imagenet-wds",
+    add_override_option(
+        parser, "override a config value, e.g. --set optim.lr=2.0 data.root=/data/imagenet-wds"
     )
     parser.add_argument(
         "--print-config",
@@ -49,7 +61,7 @@ def _is_rank0() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = [item for group in args.overrides for item in group]
+    overrides = overrides_of(args)
     try:
         config = load_config(args.config, overrides)
         if args.print_config:
