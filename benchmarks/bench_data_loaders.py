@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_name
+
+from adaact_dist._machine import cpu_name
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

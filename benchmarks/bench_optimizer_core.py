@@ -17,10 +17,10 @@ from collections.abc import Callable
 import timm
 import torch
 import torch.nn.functional as F
-from machine import cpu_name
 from torch import nn
 
 from adaact_dist import AdaAct
+from adaact_dist._machine import cpu_name
 
 
 def unfold_hooks(model: nn.Module) -> list:

@@ -31,9 +31,9 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from machine import cpu_name
 
 import adaact_dist
+from adaact_dist._machine import cpu_name
 from adaact_dist.distributed import TorchStatsSync, deepspeed_initialize, init_distributed
 
 

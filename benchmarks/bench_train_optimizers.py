@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_name
+
+from adaact_dist._machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

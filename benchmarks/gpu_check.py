@@ -55,7 +55,8 @@ from gpu_timing import (  # noqa: E402
     part_optimizer_core,
     part_throughput,
 )
-from machine import cpu_name  # noqa: E402  (benchmarks/, this script's folder)
+
+from adaact_dist._machine import cpu_name  # noqa: E402
 
 MIN_START_S = 10.0  # a part that would get less than this is not started
 

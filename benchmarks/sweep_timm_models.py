@@ -19,9 +19,9 @@ import time
 
 import timm
 import torch
-from machine import cpu_name
 
 from adaact_dist import AdaAct
+from adaact_dist._machine import cpu_name
 
 # The issue's table (issue 12), family by family.
 MODELS = [

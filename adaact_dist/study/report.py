@@ -8,26 +8,17 @@ the summary always states the rule that produced its numbers.
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from adaact_dist._machine import cpu_name
 from adaact_dist.study.recipes import BASE_BATCH, RECIPES, warmup_epochs
 from adaact_dist.study.results import Cell
 
 
 def machine() -> str:
-    """``lscpu``'s model name and the cores this process may use."""
-    name = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model")
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+    """The CPU's name and the cores this process may use."""
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores"
 
 
 @dataclass(frozen=True, kw_only=True)

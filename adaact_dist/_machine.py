@@ -1,4 +1,4 @@
-"""The machine a benchmark ran on, for its results file."""
+"""The machine a run or a benchmark ran on, for its results file."""
 
 from __future__ import annotations
 
