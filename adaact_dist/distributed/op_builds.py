@@ -7,6 +7,12 @@ machine (two virtual environments; a fresh clone beside a checkout) share one bu
 its own (a minute or more on a busy 2-core machine) under one lock, and the other then
 rebuilds again, so every process start waits for a compile. Keyed by DeepSpeed's install
 folder, each installation builds once and reuses its build.
+
+Within one installation the build must also always go through the same ``ninja``: DeepSpeed
+installs one (the ``ninja`` package, next to its Python), a machine often has another on
+``PATH``, and ninja versions record their build commands differently, so a process started
+with the virtual environment's ``bin`` on ``PATH`` and one started without it rebuild the op in
+turn, each waiting for the other's compile. The installation's own ninja is put first.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ def use_private_op_builds() -> Path | None:
     """Point ``TORCH_EXTENSIONS_DIR`` at this installation's own folder, unless it is set
     (a container image sets it); call before DeepSpeed loads an op. Returns the folder, or
     None where the variable was already set or DeepSpeed is not installed."""
+    _prefer_installed_ninja()
     if os.environ.get(ENV):
         return None
     spec = importlib.util.find_spec("deepspeed")
@@ -35,6 +42,21 @@ def use_private_op_builds() -> Path | None:
     folder = cache / "torch_extensions" / f"deepspeed-{tag}"
     os.environ[ENV] = str(folder)
     return folder
+
+
+def _prefer_installed_ninja() -> None:
+    """Put the folder of the ``ninja`` package's binary first on ``PATH`` (torch runs ``ninja``
+    by name), where that package is installed."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    folder = getattr(ninja, "BIN_DIR", None)
+    if not folder or not (Path(folder) / "ninja").is_file():
+        return
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != folder:
+        os.environ["PATH"] = os.pathsep.join([folder, path]) if path else folder
 
 
 def build_cpu_comm_op() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,3 +46,15 @@ def test_a_folder_set_by_the_user_or_the_image_is_kept(monkeypatch):
 def test_the_real_installation_is_found(unset):
     folder = op_builds.use_private_op_builds()
     assert folder is not None and Path(op_builds.os.environ[op_builds.ENV]) == folder
+
+
+def test_every_process_builds_with_the_installations_own_ninja(unset):
+    """A second ninja on PATH (the system's) records build commands differently: processes
+    started with and without the virtual environment on PATH would rebuild in turn."""
+    ninja = pytest.importorskip("ninja")
+    unset.setenv("PATH", "/usr/bin:/bin")
+    op_builds.use_private_op_builds()
+    assert Path(shutil.which("ninja")).parent == Path(ninja.BIN_DIR)
+    before = op_builds.os.environ["PATH"]
+    op_builds.use_private_op_builds()
+    assert op_builds.os.environ["PATH"] == before  # put first once, not again and again
