@@ -9,9 +9,17 @@ under a second; an ImageNet epoch takes minutes.
 Bad data: samples without image or label never reach DALI (filtered index files). A label that
 is not an integer is dropped from its batch (the batch is one short), counted and logged. An
 image DALI cannot decode stops the pipeline; without ``strict`` the loader then scans this
-rank's samples with PIL, logs and counts the undecodable ones, points their index entries at a
-neighbouring good sample (so the global partition and every rank's batch count stay as they
-were), and restarts the rest of the epoch with a new shuffle, which may repeat a few samples.
+rank's samples with PIL and points the index entry of each undecodable one at the next good
+sample of its shard (the previous one at its end), under the bad sample's own member names.
+The global partition, every rank's batch count and the reader's order stay as they were, so
+the rebuilt pipeline (same seeds) replays the epoch: the batches already handed out are
+decoded again and discarded, and the epoch continues where it failed. Every other sample is
+read exactly once; the stand-in, recognised by its name, takes the bad sample's place in
+training (the batch stays full, so one sample of that shard is read twice) and is dropped in
+evaluation (the batch is one short). It is counted and logged in every epoch that reaches it,
+as the wds loader does. The cost, once per rank and epoch in which a new bad image turns up:
+the PIL scan of the rank's samples and the second decoding of the batches handed out before
+the failure.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from adaact_dist.data.partition import (
 )
 from adaact_dist.data.rank_loader import RankLoader
 from adaact_dist.data.shardset import ShardSet, load_index, usable_entries
-from adaact_dist.data.tar_index import IndexEntry, format_index
+from adaact_dist.data.tar_index import LABEL_EXT, IndexEntry, format_index
 
 __all__ = ["DaliLoader"]
 
@@ -93,9 +101,10 @@ class DaliLoader(RankLoader):
         self._tmpdir = Path(tempfile.mkdtemp(prefix="adaact-dali-index-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
         self._replaced: dict[int, dict[int, int]] = {}  # shard -> {bad sample: stand-in}
+        # DALI's source_info of a stand-in's label -> what to log when it is skipped.
+        self._stand_ins: dict[str, str] = {}
         self._index_paths = [self._index_for(i) for i in range(len(shardset.shards))]
         self._epoch = 0
-        self._restarts = 0
 
     # -- index files -------------------------------------------------------------------------
 
@@ -105,13 +114,17 @@ class DaliLoader(RankLoader):
 
     def _index_for(self, shard: int) -> str:
         """The index DALI reads: the shard's own, or a rewritten one in the temporary directory
-        when the shard has no index, incomplete samples, or samples replaced after a failure."""
+        when the shard has no index, incomplete samples, or samples replaced after a failure.
+
+        A stand-in keeps the bad sample's key, so its members are named apart from the good
+        sample whose bytes it reads, and DALI's ``source_info`` tells the two apart.
+        """
         s = self.shardset.shards[shard]
         if s.index_path is not None and not s.incomplete and shard not in self._replaced:
             return str(s.index_path)
         entries = self._entries(shard)
         for bad, good in self._replaced.get(shard, {}).items():
-            entries[bad] = entries[good]
+            entries[bad] = IndexEntry(entries[bad].key, entries[good].members)
         path = self._tmpdir / f"{shard:06d}-{len(self._replaced.get(shard, {}))}.idx"
         path.write_text(format_index(entries), encoding="utf-8")
         return str(path)
@@ -125,8 +138,9 @@ class DaliLoader(RankLoader):
         order = epoch_shard_order(
             len(self.shardset.shards), seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle
         )
-        # A rebuilt pipeline draws new augmentation. 31 bits keep DALI's seeds in int32 range.
-        seed_parts = dict(rank=cfg.rank, epoch=epoch, index=self._restarts, bits=31)
+        # The same seeds for a rebuilt pipeline: it replays the epoch's order and augmentation.
+        # 31 bits keep DALI's seeds in int32 range.
+        seed_parts = dict(rank=cfg.rank, epoch=epoch, bits=31)
         pipe = image_pipeline(
             batch_size=cfg.batch_size,
             num_threads=cfg.num_workers,
@@ -159,7 +173,7 @@ class DaliLoader(RankLoader):
 
     # -- bad images --------------------------------------------------------------------------
 
-    def _recover(self, epoch: int, error: Exception) -> None:
+    def _recover(self, epoch: int, error: Exception, delivered: int) -> None:
         """Find the images of this rank's epoch that PIL cannot decode and stand in for them."""
         cfg = self.cfg
         order = epoch_shard_order(
@@ -169,8 +183,9 @@ class DaliLoader(RankLoader):
         # The reader may also decode a few batches past the range (prefetch, last-batch fill).
         span = min(self.shardset.total, (self._len + cfg.prefetch + 1) * cfg.batch_size)
         log.warning(
-            "DALI failed on rank %d (%s); scanning %d samples for undecodable images",
-            cfg.rank, _dali_reason(error), span,
+            "DALI failed on rank %d after %d batches of epoch %d (%s); scanning %d samples for "
+            "undecodable images, then replaying those batches",
+            cfg.rank, delivered, epoch, _dali_reason(error), span,
         )  # fmt: skip
         entries: dict[int, list[IndexEntry]] = {}
         todo = []
@@ -214,22 +229,33 @@ class DaliLoader(RankLoader):
                     f"No decodable image left in shard {self.shardset.shards[shard].path}"
                 ) from error
             replaced[i] = good
-            self.num_skipped += 1
-            log.warning(
-                "Skipped bad sample %r in %s: %s (replaced by %r)",
-                shard_entries[i].key, self.shardset.shards[shard].path, reason,
-                shard_entries[good].key,
-            )  # fmt: skip
+            path = self.shardset.shards[shard].path
+            bad_key, (good_label_offset, _) = shard_entries[i].key, shard_entries[good].label
+            # DALI's source_info of a label: "<tar path>:<data offset>:<member name>".
+            source = f"{path}:{good_label_offset}:{bad_key}.{LABEL_EXT}"
+            self._stand_ins[source] = (
+                f"{bad_key!r} in {path}: {reason} (stand-in: {shard_entries[good].key!r})"
+            )
         for shard in {s for s, _, _ in found}:
             self._index_paths[shard] = self._index_for(shard)
-        self._restarts += 1
 
     # -- iteration ---------------------------------------------------------------------------
 
     def _labels(self, label_list, keep: int) -> tuple[torch.Tensor, list[int]]:
-        """Parse ASCII labels of the first ``keep`` samples; return labels and kept indices."""
+        """Parse ASCII labels of the first ``keep`` samples; return labels and kept indices.
+
+        Stand-ins for undecodable images are counted and logged; they stay in training batches
+        (full batches, as the wds loader's replacements) and leave evaluation batches.
+        """
         labels, kept = [], []
         for i in range(keep):
+            if self._stand_ins:
+                stand_in = self._stand_ins.get(label_list[i].source_info())
+                if stand_in is not None:
+                    self.num_skipped += 1
+                    log.warning("Skipped bad sample %s", stand_in)
+                    if not self.cfg.drop_last:
+                        continue
             data = np.asarray(label_list[i]).tobytes()
             try:
                 labels.append(parse_label(data, self.shardset.num_classes))
@@ -268,8 +294,10 @@ class DaliLoader(RankLoader):
                             f"DALI pipeline failed on rank {cfg.rank} (strict=True): {e}"
                         ) from e
                     pipe = None  # free the failed pipeline's threads and memory first
-                    self._recover(epoch, e)
+                    self._recover(epoch, e, batch)
                     pipe = self._build(epoch)
+                    for _ in range(batch):  # the same seeds: these are the batches handed out
+                        pipe.run()
                     continue
                 keep = min(cfg.batch_size, remaining)
                 labels, kept = self._labels(labels_tl, keep)

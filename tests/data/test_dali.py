@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import re
 from unittest import mock
 
 import numpy as np
@@ -88,19 +89,49 @@ def test_dali_evaluation_pixels_match_wds(digits_root):
     assert (wds_x - dali_x).abs().mean() < 0.05  # decoder and resize filters differ slightly
 
 
-def test_corrupt_image_skipped_and_counted(tmp_path, caplog):
-    shards = write_tar_shards(tmp_path, [10, 10, 8], corrupt={3})
-    loader = create_loader(LoaderConfig(
-        backend="dali", split="train", shards=shards, batch_size=7, image_size=16,
-        num_workers=1, auto_augment=None,
-    ))  # fmt: skip
+def _dali(shards, **kw):
+    args = dict(backend="dali", shards=shards, image_size=16, num_workers=1, auto_augment=None)
+    return create_loader(LoaderConfig(**args, **kw))
+
+
+def test_corrupt_image_recovery_is_exact_in_training(tmp_path, caplog):
+    """Each rank reads what it reads from undamaged shards, in the same order, except that
+    the next sample of the bad one's shard (16) stands in for it, keeping batches full."""
+    clean = write_tar_shards(tmp_path / "clean", [10, 10, 8])
+    damaged = write_tar_shards(tmp_path / "damaged", [10, 10, 8], corrupt={15})
+    read_15 = 0
+    for rank in range(2):  # 14 samples per rank, batches of 2: nothing dropped
+        args = dict(split="train", batch_size=2, rank=rank, world_size=2)
+        reference, loader = _dali(clean, **args), _dali(damaged, **args)
+        for epoch in range(2):
+            expected = _labels(reference, epoch)
+            with caplog.at_level(logging.WARNING):
+                got = _labels(loader, epoch)
+            assert [len(b) for b in got] == [2] * 7
+            assert sum(got, []) == [16 if label == 15 else label for label in sum(expected, [])]
+            read_15 += 15 in sum(expected, [])
+        assert loader.num_skipped == sum(15 in sum(_labels(reference, e), []) for e in range(2))
+    assert read_15 == 2  # one rank per epoch owns it
+    assert caplog.text.count("Skipped bad sample 's1_00015'") == 2
+    assert "shard-1.tar" in caplog.text and "stand-in: 's1_00016'" in caplog.text
+
+
+def test_corrupt_image_recovery_is_exact_in_evaluation(tmp_path, caplog):
+    """A failure in the middle of the epoch: the batches handed out are not handed out again,
+    every other sample comes once, in order, and the bad one's batch is one short."""
+    damaged = write_tar_shards(tmp_path, [10, 10, 8], corrupt={15})
+    loader = _dali(damaged, split="val", batch_size=2)
     with caplog.at_level(logging.WARNING):
         batches = _labels(loader)
-    # The image is replaced by a stand-in: the batch count and sizes stay as on other ranks.
-    assert [len(b) for b in batches] == [7] * len(loader) == [7] * 4
-    assert 3 not in sum(batches, []) and loader.num_skipped == 1
-    assert "s0_00003" in caplog.text and "shard-0.tar" in caplog.text
-    assert 3 not in sum(_labels(loader, epoch=1), []) and loader.num_skipped == 1
+    assert [len(b) for b in batches] == [2] * 7 + [1] + [2] * 6
+    assert sum(batches, []) == [n for n in range(28) if n != 15]
+    replays = [int(m) for m in re.findall(r"after (\d+) batches", caplog.text)]
+    assert len(replays) == 1 and replays[0] > 0  # handed-out batches were replayed
+    assert loader.num_skipped == 1 and "s1_00015" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # later epochs read the stand-in without failing
+        assert sum(_labels(loader, epoch=1), []) == [n for n in range(28) if n != 15]
+    assert "DALI failed" not in caplog.text and loader.num_skipped == 2
 
 
 def test_invalid_label_dropped_and_counted(tmp_path, caplog):
