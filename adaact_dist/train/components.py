@@ -149,7 +149,8 @@ def build_random_erasing(config: TrainConfig, device: torch.device) -> nn.Module
 
 def engine_input_dtype(config: TrainConfig) -> torch.dtype | None:
     """The dtype batches must have for DeepSpeed's bf16/fp16 weights; None when the weights
-    stay fp32 (fp32, or autocast, which casts inside the forward)."""
+    stay fp32 (fp32, or autocast, which casts inside the forward). The plan's precision is the
+    config's under ``precision_mode: deepspeed`` (:func:`~adaact_dist.train.plan.run_precision`)."""
     spec = config.distributed
     if spec.precision_mode != "deepspeed" or spec.precision == "fp32":
         return None

@@ -30,10 +30,12 @@ def deepspeed_config(config: TrainConfig, plan: RunPlan) -> dict[str, Any]:
     baseline) and the lr schedule is applied by the trainer per step, so neither appears
     here. ``precision_mode: autocast`` keeps fp32 weights and runs forward under
     ``torch.autocast`` (DeepSpeed's ``torch_autocast``); ``deepspeed`` uses DeepSpeed's
-    ``bf16``/``fp16`` weights with fp32 master copies (fp16 with dynamic loss scaling).
+    ``bf16``/``fp16`` weights with fp32 master copies (fp16 with dynamic loss scaling). The
+    precision is the plan's: fp32 where the device has no native bf16.
     """
     dist = config.distributed
-    half = dist.precision != "fp32"
+    precision = plan.precision
+    half = precision != "fp32"
     autocast = half and dist.precision_mode == "autocast"
     native = half and dist.precision_mode == "deepspeed"
     generated: dict[str, Any] = {
@@ -44,18 +46,18 @@ def deepspeed_config(config: TrainConfig, plan: RunPlan) -> dict[str, Any]:
         "zero_optimization": {"stage": dist.zero_stage},
         # AdaAct is a client optimizer that DeepSpeed has not vetted for ZeRO.
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": native and dist.precision == "bf16"},
+        "bf16": {"enabled": native and precision == "bf16"},
         "fp16": {
-            "enabled": native and dist.precision == "fp16",
+            "enabled": native and precision == "fp16",
             "loss_scale": 0,
             "initial_scale_power": 16,
             "loss_scale_window": 1000,
             "hysteresis": 2,
             "min_loss_scale": 1,
         },
-        "torch_autocast": {"enabled": autocast, "dtype": _DTYPES.get(dist.precision, "bfloat16")},
+        "torch_autocast": {"enabled": autocast, "dtype": _DTYPES.get(precision, "bfloat16")},
         # Native half weights: buffers too (BatchNorm needs its statistics in the weights' dtype).
-        "data_types": {"buffer_dtype": _DTYPES[dist.precision] if native else None},
+        "data_types": {"buffer_dtype": _DTYPES[precision] if native else None},
         # The trainer prints progress itself.
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,

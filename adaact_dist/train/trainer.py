@@ -136,7 +136,7 @@ class Trainer:
     def _build(self) -> None:
         config = self.config
         check_model_name(config)
-        self.plan = make_plan(config, self.world_size)
+        self.plan = make_plan(config, self.world_size, device=self.device)
         self.ds_config = deepspeed_config(config, self.plan)
         self.run_dir = Path(config.run.resolved_output_dir)
         record = RunRecord(self.run_dir)
