@@ -12,7 +12,7 @@ from adaact_dist.data import defaults
 
 __all__ = ["BACKENDS", "LoaderConfig"]
 
-BACKENDS = ("wds", "dali")
+BACKENDS = ("wds", "dali", "memory")
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
@@ -24,7 +24,8 @@ class LoaderConfig:
     """
 
     backend: str
-    """``"wds"`` (webdataset + timm transforms) or ``"dali"`` (NVIDIA DALI pipeline)."""
+    """``"wds"`` (webdataset + timm transforms), ``"dali"`` (NVIDIA DALI pipeline) or
+    ``"memory"`` (the split decoded once into memory, batched crop and flip)."""
     split: str
     """Split name; ``"train"`` selects training augmentation, shuffling and ``drop_last``."""
     shards: str | os.PathLike | Sequence[str | os.PathLike]

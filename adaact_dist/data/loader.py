@@ -62,7 +62,9 @@ def create_loader(config: LoaderConfig) -> ShardLoader:
     Backends:
         ``"wds"`` reads with webdataset and applies the timm transforms in ``num_workers``
         processes; ``"dali"`` runs ``fn.readers.webdataset`` and DALI operators on
-        ``num_workers`` threads, with "mixed" GPU decoding when ``device`` is CUDA.
+        ``num_workers`` threads, with "mixed" GPU decoding when ``device`` is CUDA;
+        ``"memory"`` decodes the split once onto ``device`` and crops and flips whole batches
+        (no RandAugment, no workers): for data sets that fit in memory.
 
     Epochs and ranks:
         Call ``loader.set_epoch(epoch)`` before each epoch. The shards are visited in an order
@@ -96,6 +98,10 @@ def create_loader(config: LoaderConfig) -> ShardLoader:
     if not isinstance(config, LoaderConfig):
         raise TypeError(f"Invalid config={config!r}: must be a LoaderConfig")
     shardset = resolve_shards(config.shards, split=config.split, strict=config.strict)
+    if config.backend == "memory":
+        from adaact_dist.data.memory_loader import MemoryLoader
+
+        return MemoryLoader(config, shardset)
     if config.backend == "dali":
         from adaact_dist.data.dali_loader import DaliLoader  # DALI only where it is used
 

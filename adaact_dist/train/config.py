@@ -101,8 +101,9 @@ class DataConfig(_Section):
 
     SECTION: ClassVar[str] = "data"
 
-    backend: Literal["wds", "dali", "synthetic"] = "wds"
-    """``wds`` (webdataset + timm transforms), ``dali``, or ``synthetic`` random batches."""
+    backend: Literal["wds", "dali", "memory", "synthetic"] = "wds"
+    """``wds`` (webdataset + timm transforms), ``dali``, ``memory`` (a small split decoded once
+    into memory; crop and flip only), or ``synthetic`` random batches."""
     root: str | None = None
     """Shard root holding ``<split>/manifest.json``; with ``builtin``, the cache directory
     (null: ``$ADAACT_CACHE`` or ``~/.cache/adaact-dist``)."""
@@ -150,6 +151,11 @@ class DataConfig(_Section):
             "num_workers",
             self.backend != "dali" or self.num_workers >= 1,
             ">= 1 with the dali backend (its pipeline's CPU threads)",
+        )
+        self._require(
+            "num_workers",
+            self.backend != "memory" or self.num_workers == 0,
+            "0 with the memory backend (it has no workers)",
         )
         self._require("synthetic_train_samples", self.synthetic_train_samples >= 1, ">= 1")
         self._require("synthetic_val_samples", self.synthetic_val_samples >= 1, ">= 1")
