@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from adaact_dist.data.demo_data import BUILTIN_LABEL_NOISE
 from adaact_dist.study import figures
 from adaact_dist.study.recipes import RECIPES, STUDY_KEYS, RunSpec, study_specs, sweep_specs
 from adaact_dist.study.report import Context, summary_markdown, sweep_markdown
@@ -18,6 +17,8 @@ from adaact_dist.train.cli import add_override_option, overrides_of
 from adaact_dist.train.config_io import ConfigError, load_config, parse_override
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+TASKS = ("digits", "digits_noisy")
+"""The study's tasks: the clean and the label-noise digits (see the README)."""
 SWEEP_SEED_OFFSET = 1000
 """The sweep's seeds start here, so that no study run repeats a run the lr was chosen on."""
 
@@ -61,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tasks",
-        type=_names(list(BUILTIN_LABEL_NOISE)),
-        default=list(BUILTIN_LABEL_NOISE),
+        type=_names(list(TASKS)),
+        default=list(TASKS),
         help="embedded data sets (data.builtin), comma-separated",
     )
     parser.add_argument(

@@ -107,9 +107,10 @@ class DataConfig(_Section):
     root: str | None = None
     """Shard root holding ``<split>/manifest.json``; with ``builtin``, the cache directory
     (null: ``$ADAACT_CACHE`` or ``~/.cache/adaact-dist``)."""
-    builtin: Literal["digits", "digits_noisy"] | None = None
-    """An embedded data set, built on first use: ``digits`` (sklearn, for the demo), or
-    ``digits_noisy`` (the same with 40% of the training labels wrong, validation clean)."""
+    builtin: Literal["digits", "digits_noisy", "digits_deformed"] | None = None
+    """An embedded data set, built on first use: ``digits`` (sklearn, for the demo),
+    ``digits_noisy`` (the same with 40% of the training labels wrong, validation clean), or
+    ``digits_deformed`` (22,992 training images: deformed copies of the digits)."""
     train_split: str = "train"
     """Split name of the training shards."""
     val_split: str = "val"

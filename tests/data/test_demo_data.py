@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from adaact_dist.data import ensure_digits_shards, make_photo_set, read_manifest, shard_writer
-from adaact_dist.data.demo_data import BUILTIN_LABEL_NOISE, ensure_builtin_shards
+from adaact_dist.data.demo_data import BUILTIN_TASKS, ensure_builtin_shards
 from adaact_dist.train.config import DataConfig
 
 
@@ -60,7 +60,7 @@ def test_noisy_digits_corrupt_training_labels_only(tmp_path):
 
 def test_builtin_names_match_the_config_choices():
     assert set(typing.get_args(typing.get_type_hints(DataConfig)["builtin"].__args__[0])) == set(
-        BUILTIN_LABEL_NOISE
+        BUILTIN_TASKS
     )
 
 
@@ -95,3 +95,31 @@ def test_photo_set_is_imagenet_like(tmp_path):
         with Image.open(f) as image:
             assert image.format == "JPEG" and image.mode == "RGB"
             assert 300 <= max(image.size) <= 500
+
+
+def test_deformed_digits_are_many_distinct_readable_copies(tmp_path):
+    """``digits_deformed`` at a small size: deformed copies of each original, labels kept,
+    the validation split made of other originals than training."""
+    import numpy as np
+
+    root = ensure_digits_shards(tmp_path, image_size=8, train_copies=2, val_copies=1)
+    assert "deformed2x1" in root.name
+    train, val = _labels(root / "train"), _labels(root / "val")
+    assert (len(train), len(val)) == (2 * 1437, 360)
+    originals = {key.rsplit("_c", 1)[0] for key in train}
+    assert len(originals) == 1437 and not originals & {k.rsplit("_c", 1)[0] for k in val}
+    pairs = {}
+    for key, label in train.items():
+        pairs.setdefault(key.rsplit("_c", 1)[0], set()).add(label)
+    assert all(len(labels) == 1 for labels in pairs.values()), "copies keep their digit"
+    with tarfile.open(sorted((root / "train").glob("*.tar"))[0]) as tar:
+        images = {}
+        for member in tar.getmembers():
+            if member.name.endswith(".jpg"):
+                key = member.name[: -len(".jpg")].split("/", 1)[1]
+                images[key] = np.asarray(Image.open(tar.extractfile(member)), dtype=float)
+    copies = [(k, k.replace("_c00", "_c01")) for k in images if k.endswith("_c00")]
+    copies = [(a, b) for a, b in copies if b in images]
+    assert copies and all(np.abs(images[a] - images[b]).mean() > 2 for a, b in copies)
+    with pytest.raises(ValueError, match="train_copies"):
+        ensure_digits_shards(tmp_path, image_size=8, train_copies=-1)
