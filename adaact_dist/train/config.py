@@ -45,6 +45,9 @@ class RunConfig(_Section):
     """Seed of model init (same on all ranks) and of augmentation (offset by rank)."""
     stop_after_steps: int | None = None
     """Stop cleanly after this many optimizer steps (schedule still spans all epochs)."""
+    target_top1: float | None = None
+    """End the run at the first evaluation whose top-1 (%) reaches this; the summary records
+    the steps and images it took (``target_steps``, ``target_images``)."""
 
     def __post_init__(self) -> None:
         self._require(
@@ -54,6 +57,8 @@ class RunConfig(_Section):
         self._require(
             "stop_after_steps", self.stop_after_steps is None or self.stop_after_steps > 0, "> 0"
         )
+        target = self.target_top1
+        self._require("target_top1", target is None or 0.0 < target <= 100.0, "in (0, 100]")
 
     @property
     def resolved_output_dir(self) -> str:
@@ -278,10 +283,15 @@ class ScheduleConfig(_Section):
 
     epochs: int = 100
     """Training epochs."""
+    max_steps: int | None = None
+    """Train this many optimizer steps instead, ending mid-epoch if need be (``epochs`` is
+    then unused); the schedule spans them."""
     name: Literal["cosine", "constant"] = "cosine"
     """Shape after warm-up: cosine decay to ``min_lr``, or constant."""
     warmup_epochs: float = 0.0
     """Linear warm-up length in epochs (fractions allowed), from ``warmup_lr`` to the peak."""
+    warmup_steps: int | None = None
+    """Warm-up length in optimizer steps instead of ``warmup_epochs`` (which must then be 0)."""
     warmup_lr: float = 0.0
     """Learning rate at step 0 of the warm-up (scaled with the batch like ``optim.lr``)."""
     min_lr: float = 0.0
@@ -293,6 +303,19 @@ class ScheduleConfig(_Section):
             "warmup_epochs",
             0.0 <= self.warmup_epochs < self.epochs,
             f"in [0, schedule.epochs) = [0, {self.epochs})",
+        )
+        self._require("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1")
+        warmup = self.warmup_steps
+        self._require("warmup_steps", warmup is None or warmup >= 0, ">= 0")
+        self._require(
+            "warmup_steps",
+            warmup is None or self.warmup_epochs == 0.0,
+            "null when schedule.warmup_epochs is set (one warm-up length, not two)",
+        )
+        self._require(
+            "warmup_steps",
+            warmup is None or self.max_steps is None or warmup < self.max_steps,
+            f"< schedule.max_steps ({self.max_steps})",
         )
         self._require("warmup_lr", self.warmup_lr >= 0.0, ">= 0")
         self._require("min_lr", self.min_lr >= 0.0, ">= 0")
@@ -377,10 +400,15 @@ class LoggingConfig(_Section):
     """Record per-layer activation variance every N steps (paper Fig. 1); 0: never."""
     plots: bool = True
     """Draw PNG plots at every evaluation and at the end."""
+    noise_scale_every_steps: int = 0
+    """Record the squared gradient norms of each micro-batch and of the whole batch every N
+    steps (``noise_scale.csv``), from which the gradient noise scale is estimated; one
+    process, ZeRO stage 0 and gradient accumulation only; 0: never."""
 
     def __post_init__(self) -> None:
         self._require("every_steps", self.every_steps >= 1, ">= 1")
         self._require("activation_every_steps", self.activation_every_steps >= 0, ">= 0")
+        self._require("noise_scale_every_steps", self.noise_scale_every_steps >= 0, ">= 0")
 
 
 @dataclass(kw_only=True)
@@ -391,11 +419,16 @@ class EvalConfig(_Section):
 
     every_epochs: int = 1
     """Evaluate every N epochs (and always at the end)."""
+    geometric_spacing: float = 0.0
+    """Also evaluate once the steps since the last evaluation reach this fraction of all steps
+    done (at least one): a geometric grid of steps that measures a step count, such as the
+    steps to ``run.target_top1``, to this relative precision at any batch size; 0: off."""
     batch_size: int | None = None
     """Images per rank per evaluation forward; null: the training micro-batch."""
 
     def __post_init__(self) -> None:
         self._require("every_epochs", self.every_epochs >= 1, ">= 1")
+        self._require("geometric_spacing", self.geometric_spacing >= 0.0, ">= 0")
         self._require("batch_size", self.batch_size is None or self.batch_size >= 1, ">= 1")
 
 
@@ -447,4 +480,11 @@ class TrainConfig(_Section):
                 stage,
                 f"0 with optim.name={name!r}: its trust ratios are per parameter tensor, and "
                 f"ZeRO-{stage} hands the optimizer flat partitions; set distributed.zero_stage: 0",
+            )
+        if self.logging.noise_scale_every_steps and stage != 0:
+            raise ConfigValueError(
+                "distributed.zero_stage",
+                stage,
+                "0 with logging.noise_scale_every_steps: the gradient norms are read from whole "
+                "gradients, which ZeRO-1/2 hand over in partitions",
             )

@@ -1,7 +1,8 @@
 """Rank 0's records of a run: CSV files, TensorBoard events and the progress bar.
 
 ``metrics.csv`` has one row per logged optimizer step, ``eval.csv`` one per
-evaluation, ``activations.csv`` one per (probe step, layer). On resume, rows past the
+evaluation, ``activations.csv`` one per (probe step, layer), ``noise_scale.csv`` (when
+recorded) one per gradient-norm probe step. On resume, rows past the
 checkpoint's step are dropped (they belong to the interrupted attempt) and
 TensorBoard is opened with ``purge_step``, so the records continue as if the run had
 never stopped. Other ranks get a writer that does nothing.
@@ -16,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from adaact_dist.train.noise_scale import NOISE_CSV, NOISE_FIELDS
 
 TRAIN_CSV = "metrics.csv"
 EVAL_CSV = "eval.csv"
@@ -74,12 +77,22 @@ class MetricsWriter:
     rows below it and evaluations up to it.
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool, resume_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        tensorboard: bool,
+        resume_step: int | None = None,
+        noise_scale: bool = False,
+    ):
         run_dir = Path(run_dir)
         after = None if resume_step is None else resume_step + 1
         self.train = _CsvLog(run_dir / TRAIN_CSV, TRAIN_FIELDS, resume_step)
         self.eval = _CsvLog(run_dir / EVAL_CSV, EVAL_FIELDS, after)
         self.activations = _CsvLog(run_dir / ACTIVATIONS_CSV, ACTIVATION_FIELDS, resume_step)
+        self.noise = (
+            _CsvLog(run_dir / NOISE_CSV, NOISE_FIELDS, resume_step) if noise_scale else None
+        )
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -117,16 +130,25 @@ class MetricsWriter:
             values = list(variance.values())
             self.tb.add_scalar("activations/mean_variance", sum(values) / len(values), step)
 
+    def log_noise_scale(self, row: dict[str, Any]) -> None:
+        if self.noise is None:
+            raise RuntimeError("MetricsWriter was opened without noise_scale=True")
+        self.noise.write(row)
+
+    def _logs(self) -> list[_CsvLog]:
+        logs = [self.train, self.eval, self.activations]
+        return logs if self.noise is None else [*logs, self.noise]
+
     def flush(self, durable: bool = False) -> None:
         """``durable``: also fsync the CSVs (before a checkpoint, so that no checkpoint is
         ever ahead of the records)."""
-        for log in (self.train, self.eval, self.activations):
+        for log in self._logs():
             log.flush(durable)
         if self.tb is not None:
             self.tb.flush()
 
     def close(self) -> None:
-        for log in (self.train, self.eval, self.activations):
+        for log in self._logs():
             log.close()
         if self.tb is not None:
             self.tb.close()
@@ -147,6 +169,9 @@ class NullMetricsWriter:
     def log_activations(
         self, step: int, variance: dict[str, float], second_moment: dict[str, float]
     ) -> None:
+        pass
+
+    def log_noise_scale(self, row: dict[str, Any]) -> None:
         pass
 
     def flush(self, durable: bool = False) -> None:

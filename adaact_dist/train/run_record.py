@@ -15,7 +15,7 @@ every differing key as ``old -> new``:
   checkpoint of another world size is converted on resume);
 - :data:`ALLOWABLE` keys change what the run does from here on, but leave its checkpoints
   meaningful: they may change when ``checkpoint.allow_changes`` names them (extending
-  ``schedule.epochs``, moving to the DALI backend on a GPU cluster);
+  ``schedule.epochs`` or ``schedule.max_steps``, moving to the DALI backend on a GPU cluster);
 - every other key (model, optimizer and its hyperparameters, global batch, image size, the
   schedule's shape, loss, augmentation, seed, ZeRO stage, precision) must match: its
   checkpoints belong to another run, which gets its own ``run.output_dir``.
@@ -62,6 +62,7 @@ FREE = (
 
 ALLOWABLE = (
     "schedule.epochs",
+    "schedule.max_steps",
     "data.backend",
     "data.val_split",
     "distributed.deepspeed_extra",

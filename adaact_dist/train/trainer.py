@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import resource
 import signal
@@ -48,6 +49,7 @@ from adaact_dist.train.job import join_job, leave_job
 from adaact_dist.train.loaders import build_loaders
 from adaact_dist.train.logger import get_logger
 from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter, Progress
+from adaact_dist.train.noise_scale import GradientNormProbe
 from adaact_dist.train.plan import make_plan
 from adaact_dist.train.plots import plot_run
 from adaact_dist.train.resume import ResumePoint, choose_resume_point
@@ -78,6 +80,8 @@ class TrainerState:
     train_time_s: float = 0.0
     """Seconds spent in training steps (evaluation and checkpoints excluded)."""
     images_seen: int = 0
+    target_steps: int | None = None
+    """Steps done when an evaluation first reached ``run.target_top1``."""
 
 
 def seed_all(seed: int) -> None:
@@ -109,6 +113,8 @@ class StepResult:
     """Some rank received SIGTERM/SIGUSR1."""
     activation_variances: dict[str, float] | None = None
     """Per-layer variance of the first micro-batch, on probing steps of rank 0."""
+    gradient_sq_norms: tuple[float, float] | None = None
+    """``(|G_micro|^2, |G_batch|^2)`` on gradient-noise probing steps."""
 
 
 class Trainer:
@@ -159,7 +165,12 @@ class Trainer:
                 f"at most the training split per epoch ({len(self.loaders.train)} "
                 f"micro-batches of {self.plan.micro_batch_size} per rank)",
             )
-        self.total_steps = config.schedule.epochs * self.steps_per_epoch
+        self.total_steps = (
+            config.schedule.max_steps or config.schedule.epochs * self.steps_per_epoch
+        )
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        warmup_steps = self._warmup_steps()
+        self._check_noise_scale()
         self.checkpoints = CheckpointManager(
             self.run_dir / "checkpoints",
             keep_last=config.checkpoint.keep_last,
@@ -180,7 +191,7 @@ class Trainer:
         self.schedule = LRSchedule(
             peak_lr=self.plan.lr,
             total_steps=self.total_steps,
-            warmup_steps=round(config.schedule.warmup_epochs * self.steps_per_epoch),
+            warmup_steps=warmup_steps,
             warmup_lr=self.plan.warmup_lr,
             min_lr=self.plan.min_lr,
             shape=config.schedule.name,
@@ -213,6 +224,7 @@ class Trainer:
                 self.run_dir,
                 tensorboard=config.logging.tensorboard,
                 resume_step=self.state.global_step if self.resumed_from else None,
+                noise_scale=bool(config.logging.noise_scale_every_steps),
             )
             if self.rank == 0
             else NullMetricsWriter()
@@ -220,6 +232,38 @@ class Trainer:
         self._stop_requested = False
         self._stop_signal: int | None = None
         self.watchdog: HangWatchdog | None = None  # run() starts it, when configured
+
+    def _warmup_steps(self) -> int:
+        """The warm-up in steps, which must leave at least one step after it."""
+        schedule = self.config.schedule
+        if schedule.warmup_steps is not None:
+            key, value, steps = "warmup_steps", schedule.warmup_steps, schedule.warmup_steps
+        else:
+            key, value = "warmup_epochs", schedule.warmup_epochs
+            steps = round(schedule.warmup_epochs * self.steps_per_epoch)
+        if steps >= self.total_steps:
+            raise ConfigValueError(
+                f"schedule.{key}", value, f"shorter than the run ({self.total_steps} steps)"
+            )
+        return steps
+
+    def _check_noise_scale(self) -> None:
+        """The probe reads one process's accumulated gradients between micro-batches."""
+        every = self.config.logging.noise_scale_every_steps
+        if every and self.world_size != 1:
+            raise ConfigValueError(
+                "logging.noise_scale_every_steps",
+                every,
+                f"0 on {self.world_size} ranks: the gradient noise scale is measured in one "
+                "process (launch it without a distributed launcher)",
+            )
+        if every and self.plan.accumulation_steps < 2:
+            raise ConfigValueError(
+                "logging.noise_scale_every_steps",
+                every,
+                "0 without gradient accumulation: it compares each micro-batch's gradient with "
+                "the whole batch's; set data.micro_batch_size below data.global_batch_size",
+            )
 
     def _build_engine(self) -> None:
         import deepspeed
@@ -238,6 +282,11 @@ class Trainer:
             model=model, optimizer=self.optimizer, config=self.ds_config, dist_init_required=False
         )
         bound_engine_collectives(self.engine)  # DeepSpeed's groups: the job's timeout too
+        self.noise_probe = (
+            GradientNormProbe(self.engine.module.parameters(), self.plan.accumulation_steps)
+            if config.logging.noise_scale_every_steps
+            else None
+        )
         if config.model.compile:
             self.engine.compile()
         self.input_dtype = engine_input_dtype(config)
@@ -271,6 +320,8 @@ class Trainer:
         lr = self.schedule.apply(engine.optimizer, state.global_step)
         every = self.config.logging.activation_every_steps
         probing = self.probe is not None and self.rank == 0 and state.global_step % every == 0
+        noise_every = self.config.logging.noise_scale_every_steps
+        measuring = self.noise_probe is not None and state.global_step % noise_every == 0
         variances = None
         loss_sum, stop = 0.0, False
         for micro in range(self.plan.accumulation_steps):
@@ -291,6 +342,8 @@ class Trainer:
             mean_loss, stop = self._check(loss, state.global_step)
             loss_sum += mean_loss
             engine.backward(loss)
+            if measuring:
+                self.noise_probe.after_backward()
             engine.step()
             if self.watchdog is not None:
                 self.watchdog.pet()
@@ -300,6 +353,7 @@ class Trainer:
             seconds=time.perf_counter() - tick,
             stop_requested=stop,
             activation_variances=variances,
+            gradient_sq_norms=self.noise_probe.finish() if measuring else None,
         )
 
     # -- the loop and its decisions ----------------------------------------------------
@@ -345,23 +399,53 @@ class Trainer:
 
     def _train(self) -> str:
         config, state = self.config, self.state
-        for epoch in range(state.epoch, config.schedule.epochs):
+        for epoch in range(state.epoch, self.epochs):
             state.epoch = epoch
-            if state.step_in_epoch < self.steps_per_epoch:
+            if state.step_in_epoch < self._steps_in(epoch):
                 reason = self._train_epoch(epoch)
                 if reason is not None:
                     return reason
-            last = epoch == config.schedule.epochs - 1
+            last = epoch == self.epochs - 1
             if state.last_eval_epoch != epoch and (
                 last or (epoch + 1) % config.eval.every_epochs == 0
             ):
-                self._evaluate(epoch)
+                self._evaluate_epoch(epoch)
+            reached = self._target_reached()
             state.epoch, state.step_in_epoch = epoch + 1, 0
-            if config.checkpoint.enabled and (config.checkpoint.every_epoch or last):
+            if config.checkpoint.enabled and (config.checkpoint.every_epoch or last or reached):
                 self._save()
+            if reached:
+                return "target_reached"
             if self.rank == 0 and config.logging.plots:
                 self._plot()
         return "completed"
+
+    def _steps_in(self, epoch: int) -> int:
+        """Optimizer steps of ``epoch``: a whole epoch, or what ``schedule.max_steps`` leaves."""
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
+    def _evaluation_due(self) -> bool:
+        """``eval.geometric_spacing``: the steps since the last evaluation reached that
+        fraction of the steps done."""
+        spacing, state = self.config.eval.geometric_spacing, self.state
+        if not spacing:
+            return False
+        last = state.last_eval["step"] if state.last_eval else 0
+        return state.global_step - last >= max(1, math.floor(spacing * state.global_step))
+
+    def _target_reached(self) -> bool:
+        """Whether an evaluation at the current step reached ``run.target_top1``."""
+        target, state = self.config.run.target_top1, self.state
+        last = state.last_eval
+        if target is None or not last or last["step"] != state.global_step:
+            return False
+        if last["top1"] >= target and state.target_steps is None:
+            state.target_steps = state.global_step
+            self.log.info(
+                "validation top-1 %.2f%% reached the target %.2f%% after %d steps (%d images)",
+                last["top1"], target, state.global_step, state.images_seen,
+            )  # fmt: skip
+        return last["top1"] >= target
 
     def _batches(self, epoch: int) -> Iterator:
         loader = self.loaders.train
@@ -386,7 +470,7 @@ class Trainer:
         """Steps to the epoch's end; a stop reason if the run stops inside it."""
         config, state = self.config, self.state
         batches = self._batches(epoch)
-        while state.step_in_epoch < self.steps_per_epoch:
+        while state.step_in_epoch < self._steps_in(epoch):
             step = state.global_step
             result = self.train_step(batches)
             state.global_step += 1
@@ -399,6 +483,12 @@ class Trainer:
                 and state.global_step >= config.run.stop_after_steps
             ):
                 return self._stop(result.stop_requested)
+            if self._evaluation_due():
+                self._evaluate(epoch, epoch_end=False)
+                if self._target_reached():
+                    if config.checkpoint.enabled:
+                        self._save()
+                    return "target_reached"
             every = config.checkpoint.every_steps
             # At an epoch's end the epoch checkpoint follows its evaluation instead.
             epoch_end = (
@@ -428,6 +518,17 @@ class Trainer:
         if result.activation_variances is not None:
             self.metrics.log_activations(
                 step, result.activation_variances, input_second_moments(self.optimizer)
+            )
+        if result.gradient_sq_norms is not None:
+            small, big = result.gradient_sq_norms
+            self.metrics.log_noise_scale(
+                {
+                    "step": step,
+                    "small_batch": self.plan.micro_batch_size,
+                    "big_batch": self.plan.global_batch_size,
+                    "small_sq_norm": small,
+                    "big_sq_norm": big,
+                }
             )
 
     def _stop(self, requested: bool) -> str:
@@ -479,11 +580,19 @@ class Trainer:
         return total / self.world_size, stop > 0
 
     # -- evaluation, checkpoints, records ------------------------------------------------
-    def _evaluate(self, epoch: int) -> EvalResult:
-        with self._paused():
-            return self._evaluate_now(epoch)
+    def _evaluate_epoch(self, epoch: int) -> None:
+        """The epoch's evaluation, unless one already ran at this very step."""
+        last = self.state.last_eval
+        if last and last["step"] == self.state.global_step:
+            self.state.last_eval_epoch = epoch
+            return
+        self._evaluate(epoch)
 
-    def _evaluate_now(self, epoch: int) -> EvalResult:
+    def _evaluate(self, epoch: int, *, epoch_end: bool = True) -> EvalResult:
+        with self._paused():
+            return self._evaluate_now(epoch, epoch_end)
+
+    def _evaluate_now(self, epoch: int, epoch_end: bool) -> EvalResult:
         tick = time.perf_counter()
         average_batchnorm_buffers(self.engine.module)
         val = self.loaders.val
@@ -497,7 +606,8 @@ class Trainer:
             count_skipped=(lambda: val.num_skipped) if hasattr(val, "num_skipped") else None,
         )
         state = self.state
-        state.last_eval_epoch = epoch
+        if epoch_end:
+            state.last_eval_epoch = epoch
         state.last_eval = {"epoch": epoch, "step": state.global_step, **result.as_dict()}
         if state.best_top1 is None or result.top1 > state.best_top1:
             state.best_top1, state.best_epoch = result.top1, epoch
@@ -512,8 +622,9 @@ class Trainer:
                 "elapsed_s": state.train_time_s,
             }
         )
+        where = f"epoch {epoch}" if epoch_end else f"step {state.global_step}"
         message = (
-            f"epoch {epoch}: val top-1 {result.top1:.2f}% top-5 {result.top5:.2f}% "
+            f"{where}: val top-1 {result.top1:.2f}% top-5 {result.top5:.2f}% "
             f"loss {result.loss:.4f} ({result.count} images, {time.perf_counter() - tick:.1f} s)"
         )
         if self.progress.bar is not None:
@@ -566,13 +677,13 @@ class Trainer:
         best = self.checkpoints.best()
         summary = {
             "name": self.config.run.name,
-            "finished": reason == "completed",
+            "finished": reason in ("completed", "target_reached"),
             "stop_reason": reason,
             "optimizer": self.config.optim.name,
             "model": self.config.model.name,
             "world_size": self.world_size,
             "plan": self.plan.as_dict(),
-            "epochs": self.config.schedule.epochs,
+            "epochs": self.epochs,
             "epochs_done": state.epoch,
             "steps": state.global_step,
             "total_steps": self.total_steps,
@@ -581,6 +692,13 @@ class Trainer:
             "final_top1": state.last_eval["top1"] if state.last_eval else None,
             "final_top5": state.last_eval["top5"] if state.last_eval else None,
             "final_eval_count": state.last_eval["count"] if state.last_eval else None,
+            "target_top1": self.config.run.target_top1,
+            "target_steps": state.target_steps,
+            "target_images": (
+                None
+                if state.target_steps is None
+                else state.target_steps * self.plan.global_batch_size
+            ),
             "train_time_s": state.train_time_s,
             "wall_time_s": wall_s,
             "images_per_s": state.images_seen / state.train_time_s if state.train_time_s else None,
@@ -594,7 +712,7 @@ class Trainer:
             plots = self._plot() if self.config.logging.plots and reason != "error" else []
             self.metrics.flush()
             where = f"; plots {plots[0].parent}" if plots else ""
-            if reason == "completed":
+            if reason in ("completed", "target_reached"):
                 self.log.info(
                     "final validation top-1 %.1f%% (best %.1f%% at epoch %s); summary %s%s",
                     summary["final_top1"], summary["best_top1"], summary["best_epoch"],
