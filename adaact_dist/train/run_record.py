@@ -23,6 +23,7 @@ every differing key as ``old -> new``:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -83,9 +84,35 @@ def _in(key: str, keys: tuple[str, ...]) -> bool:
     return key in keys or key.split(".")[0] in keys
 
 
+def _defaults() -> dict[str, Any]:
+    """Every key's default value, dotted (keys whose default is built by a factory included)."""
+    defaults = {}
+    for section in dataclasses.fields(TrainConfig):
+        for field in dataclasses.fields(section.default_factory):
+            if field.default is not dataclasses.MISSING:
+                value = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                value = field.default_factory()
+            else:
+                continue
+            defaults[f"{section.name}.{field.name}"] = (
+                list(value) if isinstance(value, tuple) else value
+            )
+    return defaults
+
+
 def guarded_differences(old: Mapping, new: Mapping) -> dict[str, tuple[Any, Any]]:
-    """``{key: (old, new)}`` for every key outside :data:`FREE` whose value differs."""
+    """``{key: (old, new)}`` for every key outside :data:`FREE` whose value differs.
+
+    A key that the old record lacks because a later version of this project added it is no
+    difference while it keeps its default (new keys default to the earlier behaviour), so an
+    upgrade does not strand the runs it finds.
+    """
     before, after = _flatten(old), _flatten(new)
+    defaults = _defaults()
+    for key, value in after.items():
+        if key not in before and key in defaults and value == defaults[key]:
+            before[key] = value
     return {
         key: (before.get(key, _ABSENT), after.get(key, _ABSENT))
         for key in sorted(before.keys() | after.keys())

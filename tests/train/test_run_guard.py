@@ -168,3 +168,16 @@ def test_a_data_root_without_the_split_says_how_to_write_it(tmp_path):
         done.stderr
     )
     assert f"--out {empty} --split train" in done.stderr
+
+
+def test_a_key_added_by_a_later_version_at_its_default_is_no_change():
+    """Records written before a key existed must stay resumable after an upgrade, unless
+    the new key is set to something other than the earlier behaviour."""
+    from adaact_dist.train.run_record import guarded_differences
+
+    old = {"run": {"seed": 1}, "schedule": {"epochs": 3}}
+    new = {"run": {"seed": 1, "target_top1": None}, "schedule": {"epochs": 3, "max_steps": None}}
+    assert guarded_differences(old, new) == {}
+    new["schedule"]["max_steps"] = 10
+    assert list(guarded_differences(old, new)) == ["schedule.max_steps"]
+    assert list(guarded_differences(new, old)) == ["run.target_top1", "schedule.max_steps"]
