@@ -1,0 +1,149 @@
+"""The critical-batch study: how grids grow and runs are cut, and one tiny study end to end
+(real trainer runs) whose second invocation trains nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from adaact_dist.study import critical_cli
+from adaact_dist.study.critical_batch import (
+    BUDGET_FACTOR,
+    INITIAL_GRID,
+    MAX_EXTENSIONS,
+    Cell,
+    CriticalRun,
+    Outcome,
+    best_lr,
+    next_lr,
+    step_budget,
+)
+from adaact_dist.study.critical_results import CRITICAL_FIELDS, NOISE_FIELDS, STEPS_FIELDS
+
+CELL = Cell("digits", "adaact", 64, center=0.4)
+
+
+def _outcome(lr: float, seed: int, steps: int | None, top1: float = 90.0) -> Outcome:
+    run = CriticalRun(
+        task="digits", optimizer="adaact", batch_size=64, lr=lr, seed=seed, target=95.0,
+        max_steps=3000, weight_decay=0.0, run_dir=Path("/nowhere"),
+    )  # fmt: skip
+    return Outcome(run, steps, top1)
+
+
+def _grow(steps_of) -> list[float]:
+    """Every lr the cell tries when lr -> steps (one seed) is ``steps_of``."""
+    tried, outcomes = [], []
+    while (lr := next_lr(CELL, tried, outcomes)) is not None:
+        outcomes.append(_outcome(lr, 0, steps_of(lr)))
+        tried.append(lr)
+    return tried
+
+
+def test_the_grid_starts_at_the_rule_and_grows_towards_its_best_edge():
+    assert _grow(lambda lr: 100) == [0.4, 0.2, 0.8]  # a tie: the smallest lr wins, inside
+    assert _grow(lambda lr: round(100 / lr)) == [0.4, 0.2, 0.8, 1.6, 3.2, 6.4]
+    assert len(_grow(lambda lr: round(100 / lr))) == len(INITIAL_GRID) + MAX_EXTENSIONS
+    # The best inside the grown grid: it stops there.
+    assert _grow(lambda lr: {0.4: 300, 0.2: 400, 0.8: 200, 1.6: 150, 3.2: 170}.get(lr)) == [
+        0.4, 0.2, 0.8, 1.6, 3.2,
+    ]  # fmt: skip
+
+
+def test_reaching_the_target_with_more_seeds_beats_fewer_steps():
+    outcomes = [
+        _outcome(0.2, 0, 500), _outcome(0.2, 1, 520),
+        _outcome(0.4, 0, 100), _outcome(0.4, 1, None),
+        _outcome(0.8, 0, None, top1=93.0), _outcome(0.8, 1, None, top1=94.0),
+    ]  # fmt: skip
+    assert best_lr(outcomes) == 0.2
+    # No lr reached it: the best top-1 decides, so the grid grows towards it.
+    assert best_lr([_outcome(0.2, 0, None, 60.0), _outcome(0.4, 0, None, 80.0)]) == 0.4
+
+
+def test_a_run_is_cut_where_it_can_no_longer_be_its_cells_best():
+    outcomes = [_outcome(0.4, 0, 120), _outcome(0.4, 1, 90), _outcome(0.2, 0, 100)]
+    assert step_budget(3000, 0, outcomes) == BUDGET_FACTOR * 100
+    assert step_budget(3000, 1, outcomes) == BUDGET_FACTOR * 90
+    assert step_budget(3000, 2, outcomes) == 3000  # nothing reached yet with that seed
+    assert step_budget(150, 0, outcomes) == 150
+    assert step_budget(3000, 0, [_outcome(0.4, 0, 2)], least=11) == 11  # past the warm-up
+
+
+def test_fixed_lrs_are_tried_in_order_and_never_grown():
+    fixed = Cell("digits", "sgd", 32, center=0.1, fixed_lrs=(0.05, 0.2))
+    assert next_lr(fixed, [], []) == 0.05
+    assert next_lr(fixed, [0.05], [_outcome(0.05, 0, 10)]) == 0.2
+    assert next_lr(fixed, [0.05, 0.2], [_outcome(0.05, 0, 10), _outcome(0.2, 0, None)]) is None
+
+
+def _rows(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames), list(reader)
+
+
+def test_a_tiny_study_end_to_end_then_nothing_to_do(tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = [
+        "--task", "digits", "--optimizers", "adaact,sgd", "--batch-sizes", "32,128",
+        "--lrs", "0.05,0.2", "--target", "40", "--seeds", "1", "--max-steps", "60",
+        "--noise-batch", "128", "--noise-micro-batch", "64", "--jobs", "2", "--out", str(out),
+        "--set", f"data.root={tmp_path / 'data'}", "eval.geometric_spacing=0.2",
+    ]  # fmt: skip
+    assert critical_cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert "8 grid run(s) and 2 noise run(s) final, 10 trained now" in first
+
+    columns, steps = _rows(out / "steps_to_target.csv")
+    assert columns == list(STEPS_FIELDS) and len(steps) == 8
+    for row in steps:
+        summary = json.loads(
+            (
+                out / "runs" / "digits" / row["optimizer"] / f"b{row['batch_size']}"
+                / f"lr{float(row['lr']):.4g}-s0" / "summary.json"
+            ).read_text()
+        )  # fmt: skip
+        if row["steps_to_target"]:
+            assert summary["stop_reason"] == "target_reached"
+            assert int(row["steps_to_target"]) == summary["steps"] == summary["target_steps"]
+            assert int(row["examples_to_target"]) == summary["steps"] * int(row["batch_size"])
+        else:
+            assert summary["stop_reason"] in ("completed", "diverged")
+            assert row["examples_to_target"] == ""
+    columns, fits = _rows(out / "critical_batch.csv")
+    assert columns == list(CRITICAL_FIELDS)
+    assert [row["optimizer"] for row in fits] == ["adaact", "sgd"]
+    for row in fits:  # two batch sizes that both reached 40%: a fit through both points
+        assert float(row["s_min"]) > 0 and float(row["b_noise"]) >= 0
+        assert row["batch_sizes_fitted"] == "32 128"
+    columns, noise = _rows(out / "noise_scale.csv")
+    assert columns == list(NOISE_FIELDS)
+    assert {(r["optimizer"], r["batch_size"], r["micro_batch_size"]) for r in noise} == {
+        ("adaact", "128", "64"), ("sgd", "128", "64"),
+    }  # fmt: skip
+    for name in ("steps_to_target.png", "best_lr.png", "noise_scale.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    assert "Fit of S(B)" in (out / "summary.md").read_text()
+
+    assert critical_cli.main(argv) == 0
+    assert "8 grid run(s) and 2 noise run(s) final, 0 trained now" in capsys.readouterr().out
+
+
+def test_keys_the_study_sets_are_refused_from_set(tmp_path, capsys):
+    argv = ["--out", str(tmp_path), "--set", "optim.lr=0.1"]
+    assert critical_cli.main(argv) == critical_cli.EXIT_CONFIG
+    assert "optim.lr is set by the study" in capsys.readouterr().err
+    argv = ["--out", str(tmp_path), "--noise-batch", "64", "--noise-micro-batch", "64"]
+    assert critical_cli.main(argv) == critical_cli.EXIT_CONFIG
+    assert "must be below --noise-batch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--lrs", "0.1,x"], ["--target", "120"], ["--seeds", "0"]])
+def test_bad_arguments_are_named(bad, capsys):
+    with pytest.raises(SystemExit):
+        critical_cli.build_parser().parse_args(bad)
+    assert bad[0] in capsys.readouterr().err
