@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SOURCES := $(wildcard adaact_dist launch tests benchmarks .ci)
 
-.PHONY: test lint format demo clean
+.PHONY: test lint format demo clean slurm slurm-stop
 
 $(STAMP): pyproject.toml docker/cuda-pins.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ format: $(STAMP)
 # The demo: digits shards built on first use, 2 CPU ranks through the DeepSpeed launcher.
 demo: $(STAMP)
 	$(VENV)/bin/deepspeed --num_gpus 2 launch/train_imagenet.py --config demo
+
+# A one-node Slurm cluster on this machine (root; installs Debian's packages where missing) for
+# tests/launch/test_slurm_requeue.py, which skips without one. .ci/run starts it before the tests.
+slurm:
+	.ci/slurm_cluster.sh start
+
+slurm-stop:
+	.ci/slurm_cluster.sh stop
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -219,14 +219,16 @@ def test_torchrun_static_rendezvous_with_a_node_rank(tools: Path) -> None:
 
 
 def test_torchrun_c10d_rendezvous_from_the_environment(tools: Path) -> None:
+    # Nodes count restarts apart under c10d: the workers must not share the agents' store.
     script(tools / "nvidia-smi", "echo 'GPU 0: NVIDIA H100'")
     result = launch(
         TORCHRUN, tools, "--config", "a2_vit_small",
-        NNODES="4", MASTER_ADDR="head", RDZV_ID="job7",
+        NNODES="4", MASTER_ADDR="head", RDZV_ID="job7", MAX_RESTARTS="3",
     )  # fmt: skip
     assert commands(result) == [
-        ["torchrun", "--nnodes=4", "--nproc-per-node=gpu", "--rdzv-backend=c10d",
-         "--rdzv-endpoint=head:29500", "--rdzv-id=job7", TRAIN, "--config", "a2_vit_small"],
+        ["env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", "torchrun", "--nnodes=4",
+         "--nproc-per-node=gpu", "--rdzv-backend=c10d", "--rdzv-endpoint=head:29500",
+         "--rdzv-id=job7", "--max-restarts=3", TRAIN, "--config", "a2_vit_small"],
     ]  # fmt: skip
 
 
@@ -257,6 +259,7 @@ def test_torchrun_execs_torchrun(tools: Path, tmp_path: Path) -> None:
          "must be below --nnodes"),
         (["--nnodes", "two", "--config", "demo"], "--nnodes must be an integer"),
         (["--nproc-per-node", "0", "--config", "demo"], "--nproc-per-node must be an integer >= 1"),
+        (["--max-restarts", "-1", "--config", "demo"], "--max-restarts must be an integer >= 0"),
         (["--config", "demo", "--master-port"], "--master-port needs a value"),
     ],
 )  # fmt: skip
@@ -276,7 +279,7 @@ def test_hostfile_example_parses_with_deepspeeds_reader() -> None:
     }
 
 
-@pytest.mark.parametrize("path", [SBATCH, TORCHRUN])
+@pytest.mark.parametrize("path", [SBATCH, TORCHRUN, ROOT / ".ci" / "slurm_cluster.sh"])
 def test_scripts_pass_shellcheck_and_are_executable(path: Path) -> None:
     assert os.access(path, os.X_OK), f"chmod +x {path.relative_to(ROOT)}"
     shellcheck = BIN / "shellcheck"
