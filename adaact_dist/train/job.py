@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import socket
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,22 @@ class _ExpectedWarnings(logging.Filter):
         return not any(text in record.getMessage() for text in self.EXPECTED)
 
 
+def hush_deprecated_all_gather() -> None:
+    """Ignore torch's FutureWarning that ``all_gather_into_tensor`` is deprecated, and only it.
+
+    DeepSpeed's ZeRO-1/2 step all-gathers the updated partitions through that function (torch
+    2.14 deprecates it); the warning says nothing a user can act on. Python prints a warning
+    once per call site, but every ``warnings.catch_warnings()`` in the process resets that
+    record (the demo decodes each JPEG under one), so it came back at every step on every rank
+    (440 lines of ``make demo``).
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+        category=FutureWarning,
+    )
+
+
 def share_cpu_cores() -> None:
     """CPU ranks on one node split its cores (unless OMP_NUM_THREADS says otherwise):
     several ranks each spinning one OpenMP thread per core slow each other down badly."""
@@ -146,6 +163,7 @@ def join_job(config: DistributedConfig) -> Job:
         ds_logger.setLevel("ERROR" if quiet else "WARNING")
         if not any(isinstance(f, _ExpectedWarnings) for f in ds_logger.filters):
             ds_logger.addFilter(_ExpectedWarnings())
+        hush_deprecated_all_gather()
         if not torch.distributed.is_initialized():  # a second Trainer in one process reuses it
             init_distributed(timeout_s=config.timeout_s, backend=backend)
     job = Job(
