@@ -156,13 +156,21 @@ class CheckpointManager:
         """Collective: every rank calls it. ``rank_state`` (e.g. a private random stream) is
         saved per rank next to the global RNG states; ``run_config`` goes into the meta file,
         so that a checkpoint loaded into another run can be recognised. Returns the new
-        checkpoint."""
+        checkpoint.
+
+        A checkpoint of the same step is kept as it is, unless it holds another ``epoch``: a
+        run stopped on an epoch's last step saved that step before the epoch's evaluation,
+        and the state after it (epoch advanced, top-1, best) replaces that one."""
         tag = tag_for(step)
         final = self.directory / tag
+        replaced = None
         if final.is_dir() and (final / META).is_file():
             if tag not in self.damaged():
-                return next(info for info in self.list() if info.tag == tag)
-            if self.rank == 0:  # the run needs the name again: keep the damaged one aside
+                existing = next(info for info in self.list() if info.tag == tag)
+                if existing.epoch == epoch:
+                    return existing
+                replaced = existing
+            elif self.rank == 0:  # the run needs the name again: keep the damaged one aside
                 aside = final.with_name(f"{tag}.damaged-{int(time.time())}")
                 os.rename(final, aside)
                 get_logger().warning("Moved the damaged checkpoint %s to %s", final, aside)
@@ -197,7 +205,11 @@ class CheckpointManager:
             }
             (tmp / META).write_text(json.dumps(meta, indent=1))
             _fsync_tree(tmp)
+            doomed = final.with_name(f".del-{tag}")
+            if replaced is not None:  # a crash in between falls back to an older checkpoint
+                os.rename(final, doomed)
             os.rename(tmp, final)
+            shutil.rmtree(doomed, ignore_errors=True)
             fsync_dir(self.directory)
             self._prune()
             get_logger().info(

@@ -122,3 +122,22 @@ def test_nonfinite_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_pat
     saved = checkpoints(run)
     assert saved and int(saved[-1][4:]) == summary["steps"]  # up to the last finite step
     assert str(run / "checkpoints" / saved[-1]) in done.stderr
+
+
+def test_a_stop_on_an_epochs_last_step_keeps_the_evaluation_that_follows(tmp_path, reference):
+    """Stopped at step 20 (the end of epoch 1), the next start evaluates epoch 1 first; the
+    checkpoint of step 20 must then hold that state (epoch 2, its top-1), so that a second
+    stop does not lose or repeat the evaluation."""
+    config = _config(tmp_path)
+    run = tmp_path / "run"
+    for stop in (20, 21):
+        done = train("--config", str(config), "--set", f"run.stop_after_steps={stop}")
+        assert done.returncode == 0, done.stderr
+    meta = json.loads((run / "checkpoints" / "step00000020" / "meta.json").read_text())
+    evals = read_csv(run / "eval.csv")
+    assert meta["epoch"] == 2 and meta["top1"] == float(evals[1]["top1"])
+    assert [r["epoch"] for r in evals] == ["0", "1"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    done = train("--config", str(config))
+    assert done.returncode == 0, done.stderr
+    _assert_same_records(run, reference)
