@@ -46,6 +46,10 @@ class RunFailed(RuntimeError):
     """A trainer run ended without a result (a crash, not a divergence)."""
 
 
+class NotRun(RuntimeError):
+    """``--report-only``: a run the plan needs has not finished yet."""
+
+
 def _lrs(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
@@ -109,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=_positive, default=1, help="runs at a time")
     parser.add_argument("--threads", type=_positive, default=1, help="OpenMP threads per run")
     parser.add_argument("--out", type=Path, default=Path("runs/critical"), help="study folder")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the tables and plots from the runs finished so far (each "
+        "cell up to its first unfinished run), e.g. while the study runs elsewhere",
+    )
     add_override_option(
         parser, "trainer overrides for every run (not the keys the study sets per run)"
     )
@@ -123,6 +133,10 @@ class Study:
         schedule = load_config(args.config, common).schedule
         self.least_steps = (schedule.warmup_steps or 0) + 1  # a budget must outlast warm-up
         self.trained = 0
+        self.incomplete: list[str] = []
+        """Cells whose grid ``--report-only`` found unfinished."""
+        self.unsettled: set[str] = set()
+        """Cells whose best lr is not final (unfinished or failed): no noise run there."""
         self.started = time.perf_counter()
 
     def execute(self, run: CriticalRun) -> Outcome:
@@ -131,6 +145,8 @@ class Study:
         outcome = read_outcome(run)
         if outcome is not None:
             return outcome
+        if self.args.report_only:
+            raise NotRun(run.name)
         result = run_one(run, self.args.config, self.common, self.args.threads)
         self.trained += 1
         outcome = read_outcome(run)
@@ -151,13 +167,21 @@ class Study:
         return outcome
 
     def cell(self, cell: Cell) -> list[Outcome]:
-        """Every run of one cell, in the grid's order."""
+        """Every run of one cell, in the grid's order (with ``--report-only``, those of its
+        lrs whose seeds have all finished)."""
         tried: list[float] = []
         outcomes: list[Outcome] = []
         while (lr := next_lr(cell, tried, outcomes)) is not None:
-            for seed in range(self.plan.seeds):
-                budget = step_budget(self.plan.max_steps, seed, outcomes, self.least_steps)
-                outcomes.append(self.execute(self.plan.run(cell, lr, seed, budget)))
+            try:
+                runs = []
+                for seed in range(self.plan.seeds):
+                    budget = step_budget(self.plan.max_steps, seed, outcomes, self.least_steps)
+                    runs.append(self.execute(self.plan.run(cell, lr, seed, budget)))
+            except NotRun:
+                self.incomplete.append(f"{cell.optimizer} b{cell.batch_size}")
+                self.unsettled.add(f"{cell.optimizer} b{cell.batch_size}")
+                break
+            outcomes += runs
             tried.append(lr)
         return outcomes
 
@@ -171,10 +195,12 @@ class Study:
                     outcomes += future.result()
                 except RunFailed as error:
                     failures.append(f"{cell.optimizer} b{cell.batch_size}: {error}")
+                    self.unsettled.add(f"{cell.optimizer} b{cell.batch_size}")
         return outcomes, failures
 
     def noise_runs(self, outcomes: list[Outcome]) -> tuple[list[CriticalRun], list[str]]:
-        """AdaAct's and SGD's noise runs at the noise batch's best lr, in parallel."""
+        """AdaAct's and SGD's noise runs at the noise batch's best lr, in parallel (where that
+        cell's grid is complete)."""
         args, runs = self.args, []
         for cell in self.plan.cells():
             if cell.batch_size != args.noise_batch or cell.optimizer not in NOISE_OPTIMIZERS:
@@ -184,15 +210,17 @@ class Study:
                 for o in outcomes
                 if (o.run.optimizer, o.run.batch_size) == (cell.optimizer, cell.batch_size)
             ]
-            if mine:
+            if mine and f"{cell.optimizer} b{cell.batch_size}" not in self.unsettled:
                 runs.append(self.plan.noise_run(cell, best_lr(mine), args.noise_micro_batch))
         failures = []
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for future in [pool.submit(self.execute, run) for run in runs]:
+            for run, future in [(run, pool.submit(self.execute, run)) for run in runs]:
                 try:
                     future.result()
                 except RunFailed as error:
                     failures.append(f"noise run {error}")
+                except NotRun:
+                    self.incomplete.append(f"noise run {run.name}")
         return runs, failures
 
 
@@ -224,10 +252,12 @@ def _write_reports(
     points = {name: best_points(outcomes, name) for name in names}
     fits = {name: critical_batch(args.task, name, points[name]) for name in names}
     noise_rows = [row for run in noise for row in read_noise_rows(run)]
-    pngs = [
-        critical_figures.plot_steps_to_target(points, fits, args.target, out),
-        critical_figures.plot_best_lr(points, out),
-    ]
+    pngs = []
+    if points:  # nothing has finished yet: tables with headers only, no plots
+        pngs += [
+            critical_figures.plot_steps_to_target(points, fits, args.target, out),
+            critical_figures.plot_best_lr(points, out),
+        ]
     noise_png = critical_figures.plot_noise_scale(noise_rows, fits, out)
     if noise_png is not None:
         pngs.append(noise_png)
@@ -283,12 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         runs=study.trained,
         wall_s=time.perf_counter() - study.started,
+        unfinished=tuple(study.incomplete),
     )
     for path in _write_reports(args, outcomes, noise, context):
         print(f"wrote {path}")
     failures += noise_failures
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
+    if study.incomplete:
+        print(f"not finished yet (left out): {', '.join(study.incomplete)}")
     print(
         f"{len(outcomes)} grid run(s) and {len(noise)} noise run(s) final, {study.trained} "
         f"trained now, in {context.wall_s / 60:.1f} min"

@@ -27,6 +27,8 @@ class StudyContext:
     runs: int
     wall_s: float
     """Wall time of this invocation (finished runs skipped)."""
+    unfinished: tuple[str, ...] = ()
+    """Cells and noise runs left out (``--report-only`` before the study ended)."""
 
 
 def _number(value: float | None, digits: int = 0) -> str:
@@ -121,6 +123,14 @@ def summary_markdown(
         "rule-scaled lr, grown by one value beyond an edge while the best lr sits on it; a run "
         f"is cut at {BUDGET_FACTOR:g}x the steps of its cell's fastest run of the same seed.",
         "",
+    ]
+    if context.unfinished:
+        lines += [
+            f"**Partial**: not finished yet, so not (or not fully) in the tables: "
+            f"{', '.join(context.unfinished)}. A cell shown is final only if it is not listed.",
+            "",
+        ]
+    lines += [
         "## Steps to target at each batch size's best lr (mean over seeds)",
         "",
         *_steps_table(points),

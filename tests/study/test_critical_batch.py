@@ -133,6 +133,17 @@ def test_a_tiny_study_end_to_end_then_nothing_to_do(tmp_path, capsys):
     assert "8 grid run(s) and 2 noise run(s) final, 0 trained now" in capsys.readouterr().out
 
 
+def test_report_only_trains_nothing_and_says_what_is_missing(tmp_path, capsys):
+    argv = ["--report-only", "--optimizers", "adaact", "--batch-sizes", "16,32"]
+    assert critical_cli.main([*argv, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 grid run(s) and 0 noise run(s) final, 0 trained now" in out
+    assert "not finished yet (left out): adaact b16, adaact b32" in out
+    summary = (tmp_path / "summary.md").read_text()
+    assert "**Partial**" in summary and not list(tmp_path.rglob("summary.json"))
+    assert (tmp_path / "steps_to_target.csv").read_text().startswith("task,optimizer,")
+
+
 def test_keys_the_study_sets_are_refused_from_set(tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--set", "optim.lr=0.1"]
     assert critical_cli.main(argv) == critical_cli.EXIT_CONFIG
