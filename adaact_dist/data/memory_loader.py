@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from adaact_dist._seeds import derive_seed
 from adaact_dist.data.config import LoaderConfig
 from adaact_dist.data.images import BadSampleError, decode_jpeg, parse_label
-from adaact_dist.data.partition import num_batches, rank_batch_range
 from adaact_dist.data.rank_loader import RankLoader
 from adaact_dist.data.shardset import ShardSet, load_index, usable_entries
 from adaact_dist.data.transforms import BatchNormalizer, build_transform
@@ -117,19 +116,14 @@ class MemoryLoader(RankLoader):
                 "RandAugment; set it to None (augmentation.auto_augment: null) or use the wds "
                 "or dali backend"
             )
+        self._total = shardset.total
         super().__init__(cfg, shardset)
         self.epoch = 0
         self._normalize = BatchNormalizer(cfg.mean, cfg.std, cfg.device, cfg.channels_last)
         self.images, self.labels = self._load(cfg, shardset)
         # Bad samples are dropped at load: batches and counts follow the samples kept.
         self._total = len(self.labels)
-        self._len = num_batches(
-            self._total,
-            rank=cfg.rank,
-            world_size=cfg.world_size,
-            batch_size=cfg.batch_size,
-            drop_last=cfg.drop_last,
-        )
+        self._count_batches()
         log.info(
             "memory backend: %s split, %d images, %.1f MB on %s",
             cfg.split, self._total, self.images.numel() / 2**20, cfg.device,
@@ -187,21 +181,6 @@ class MemoryLoader(RankLoader):
         """Usable samples in the split (bad ones, found at load, are not counted)."""
         return self._total
 
-    @property
-    def num_samples(self) -> int:
-        start, stop = self._range()
-        return stop - start
-
-    def _range(self) -> tuple[int, int]:
-        cfg = self.cfg
-        return rank_batch_range(
-            self._total,
-            rank=cfg.rank,
-            world_size=cfg.world_size,
-            batch_size=cfg.batch_size,
-            drop_last=cfg.drop_last,
-        )
-
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's permutation and augmentation (call before iterating)."""
         self.epoch = int(epoch)
@@ -217,7 +196,7 @@ class MemoryLoader(RankLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.cfg
-        start, stop = self._range()
+        start, stop = self._batch_range()
         positions = self._order()[start:stop].to(cfg.device)
         generator = torch.Generator().manual_seed(
             derive_seed(cfg.seed, "memory-augment", rank=cfg.rank, epoch=self.epoch)

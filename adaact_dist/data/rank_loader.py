@@ -1,4 +1,4 @@
-"""What the webdataset and DALI loaders share: one rank's slice of a shard set."""
+"""What every backend shares: one rank's slice of a shard set."""
 
 from __future__ import annotations
 
@@ -8,13 +8,22 @@ from adaact_dist.data.shardset import ShardSet
 
 
 class RankLoader:
-    """Batch count and sample counts of one rank; backends add iteration and epochs."""
+    """Batch count and sample counts of one rank, from :attr:`total_samples`; backends add
+    iteration and epochs."""
 
     def __init__(self, cfg: LoaderConfig, shardset: ShardSet) -> None:
         self.cfg = cfg
         self.shardset = shardset
+        self.num_skipped = 0
+        """Bad samples skipped by this rank so far (all epochs)."""
+        self._count_batches()
+
+    def _count_batches(self) -> None:
+        """Batches per epoch; a backend whose usable samples change (found bad at load)
+        counts again."""
+        cfg = self.cfg
         self._len = num_batches(
-            shardset.total,
+            self.total_samples,
             rank=cfg.rank,
             world_size=cfg.world_size,
             batch_size=cfg.batch_size,
@@ -22,11 +31,20 @@ class RankLoader:
         )
         if cfg.drop_last and self._len == 0:
             raise ValueError(
-                f"Invalid batch_size={cfg.batch_size}: {shardset.total} samples over world_size="
-                f"{cfg.world_size} ranks give less than one full batch per rank"
+                f"Invalid batch_size={cfg.batch_size}: {self.total_samples} samples over "
+                f"world_size={cfg.world_size} ranks give less than one full batch per rank"
             )
-        self.num_skipped = 0
-        """Bad samples skipped by this rank so far (all epochs)."""
+
+    def _batch_range(self) -> tuple[int, int]:
+        """The positions of the epoch's sequence this rank yields."""
+        cfg = self.cfg
+        return rank_batch_range(
+            self.total_samples,
+            rank=cfg.rank,
+            world_size=cfg.world_size,
+            batch_size=cfg.batch_size,
+            drop_last=cfg.drop_last,
+        )
 
     def __len__(self) -> int:
         return self._len
@@ -34,13 +52,7 @@ class RankLoader:
     @property
     def num_samples(self) -> int:
         """Samples this rank yields per epoch (before any bad ones are skipped)."""
-        start, stop = rank_batch_range(
-            self.shardset.total,
-            rank=self.cfg.rank,
-            world_size=self.cfg.world_size,
-            batch_size=self.cfg.batch_size,
-            drop_last=self.cfg.drop_last,
-        )
+        start, stop = self._batch_range()
         return stop - start
 
     @property
