@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 
 from adaact_dist.optim import _state_keys as keys
 from adaact_dist.optim._capture import DirectCallCapture
+from adaact_dist.optim._discovery import find_model
 from adaact_dist.optim._fragments import (
     BIAS,
     OTHER,
@@ -62,8 +63,8 @@ class AdaAct(Optimizer):
     "An Adaptive Method Stabilizing Activations for Enhanced Generalization". Adam
     divides by the running second moment of the gradient; AdaAct divides by that of
     the layer's input activations, per input feature, so every weight that reads one
-    feature shares one step size. For each ``nn.Linear`` / ``nn.Conv2d`` in ``model``
-    whose weight is optimised, with ``a`` the (bias-augmented) input and ``t`` the step:
+    feature shares one step size. For each ``nn.Linear`` / ``nn.Conv2d`` whose weight is
+    optimised, with ``a`` the (bias-augmented) input and ``t`` the step:
 
     .. math::
         A_t &= \operatorname{mean}_{\text{samples}}(a \odot a), \qquad
@@ -86,6 +87,12 @@ class AdaAct(Optimizer):
     steps (starting with the first), and ``D`` is recomputed then and frozen until the
     next sync, which keeps replicas identical.
 
+    The layers are found once, when the optimizer is built: in ``model`` if it is given,
+    else in the innermost module that holds all of ``params``, found among the live
+    modules (:mod:`adaact_dist.optim._discovery` says why so). Either way the hooks sit on
+    the layers themselves, so the model may be wrapped (DDP, DeepSpeed) or compiled
+    afterwards, and the same model gives the same statistics, steps and state dict.
+
     Engines that replace the parameters in ``param_groups`` by flat tensors (DeepSpeed
     ZeRO and its bf16/fp16 wrappers) describe them with :meth:`map_flat_tensor`;
     ``adaact_dist.distributed.deepspeed_initialize`` does that for DeepSpeed.
@@ -93,12 +100,13 @@ class AdaAct(Optimizer):
     Args:
         params: tensors or parameter-group dicts to optimise (per-group ``lr``,
             ``betas``, ``eps``, ``weight_decay`` are honoured).
-        model: the module that owns ``params``; may be wrapped in DDP, DeepSpeed or
-            ``torch.compile``. Its hooked layers are keyed by module path in checkpoints.
         lr: learning rate :math:`\eta`.
         betas: :math:`(\beta_1, \beta_2)` for the momentum and the activation EMA.
         eps: added to :math:`\sqrt{\hat V}`.
         weight_decay: decoupled weight decay :math:`\lambda`.
+        model: the module that owns ``params`` (optional: found from ``params`` when
+            omitted); may be wrapped in DDP, DeepSpeed or ``torch.compile``. Its hooked
+            layers are keyed by module path in checkpoints.
         stats_sync_every: refresh ``D`` (and average ``V`` across ranks) every k steps.
         distributor: averages the flat ``V`` across ranks; ``None`` for one process.
         other_rule: ``"sgd"`` (the paper's) or ``"sgd_momentum"`` for parameters that
@@ -112,22 +120,22 @@ class AdaAct(Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        model: nn.Module,
         lr: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         *,
+        model: nn.Module | None = None,
         stats_sync_every: int = 1,
         distributor: StatsDistributor | None = None,
         other_rule: str = "sgd",
         other_momentum: float = 0.9,
         foreach: bool | None = None,
     ):
-        if not isinstance(model, nn.Module):
+        if model is not None and not isinstance(model, nn.Module):
             raise TypeError(
                 f"Invalid model={type(model).__name__}: must be the nn.Module that owns the "
-                "parameters, e.g. AdaAct(model.parameters(), model=model)"
+                "parameters, e.g. AdaAct(model.parameters(), model=model), or None"
             )
         _check_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         if not isinstance(stats_sync_every, int) or stats_sync_every < 1:
@@ -144,6 +152,8 @@ class AdaAct(Optimizer):
             _check_hyperparameters(**{k: group[k] for k in defaults})
 
         params_in_groups = [p for group in self.param_groups for p in group["params"]]
+        if model is None:
+            model = find_model(self.param_groups)
         model_params = {id(p) for p in unwrap_model(model).parameters()}
         foreign = [tuple(p.shape) for p in params_in_groups if id(p) not in model_params]
         if foreign:

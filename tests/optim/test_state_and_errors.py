@@ -111,7 +111,7 @@ def test_parameters_not_in_the_model():
     with pytest.raises(ValueError, match="not parameters of `model`"):
         AdaAct([*model.parameters(), stranger.weight], model=model)
     with pytest.raises(TypeError, match="must be the nn.Module"):
-        AdaAct(model.parameters(), model=None)
+        AdaAct(model.parameters(), model="model")
 
 
 @pytest.mark.parametrize("mistake", ["eval", "no_grad", "zero_grad_after_forward"])
