@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import timm
 import torch
 import torch.distributed as dist
@@ -23,17 +22,26 @@ STEPS, LOCAL_BATCH = 4, 3
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, results: dict) -> None:
+    """The same run three ways: ``model=`` the DDP wrapper; no ``model=``, built before the
+    wrapper as timm's train.py does; and through timm's registry, which adds the sync."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    model = GroupedCNN(batchnorm=False).double()
-    ddp = DistributedDataParallel(model)
-    optimizer = AdaAct(ddp.parameters(), model=ddp, lr=0.05, distributor=TorchStatsSync())
-    for x, y in batches("cnn", STEPS, batch=LOCAL_BATCH * world):
-        mine = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-        F.cross_entropy(ddp(x[mine]), y[mine]).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    results[rank] = [p.detach().clone() for p in model.parameters()]
+    for name in ("model=ddp", "no model", "timm registry"):
+        torch.manual_seed(0)
+        model = GroupedCNN(batchnorm=False).double()
+        if name == "no model":
+            optimizer = AdaAct(model.parameters(), lr=0.05, distributor=TorchStatsSync())
+        elif name == "timm registry":
+            optimizer = timm.optim.create_optimizer_v2(model, "adaact", lr=0.05)
+        ddp = DistributedDataParallel(model)
+        if name == "model=ddp":
+            optimizer = AdaAct(ddp.parameters(), model=ddp, lr=0.05, distributor=TorchStatsSync())
+        assert isinstance(optimizer.distributor, TorchStatsSync), name
+        for x, y in batches("cnn", STEPS, batch=LOCAL_BATCH * world):
+            mine = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+            F.cross_entropy(ddp(x[mine]), y[mine]).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        results[(rank, name)] = [p.detach().clone() for p in model.parameters()]
     dist.destroy_process_group()
 
 
@@ -49,9 +57,10 @@ def test_ddp_ranks_stay_identical_and_match_one_process(tmp_path):
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
         optimizer.zero_grad()
-    for p0, p1, p in zip(results[0], results[1], model.parameters()):
-        assert torch.equal(p0, p1)
-        torch.testing.assert_close(p0, p.detach(), rtol=1e-9, atol=1e-12)
+    for name in ("model=ddp", "no model", "timm registry"):
+        for p0, p1, p in zip(results[0, name], results[1, name], model.parameters()):
+            assert torch.equal(p0, p1), name
+            torch.testing.assert_close(p0, p.detach(), rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_compiled_model_collects_the_same_statistics():
@@ -104,9 +113,3 @@ def test_timm_registry_and_factory_use_timm_grouping():
     before = model.fc.weight.detach().clone()
     optimizer.step()
     assert not torch.equal(before, model.fc.weight)
-
-
-def test_timm_registry_without_model_says_how_to_call_it():
-    model = timm.create_model("resnet10t", num_classes=4)
-    with pytest.raises(TypeError, match="model"):
-        timm.optim.create_optimizer_v2(model, "adaact", lr=0.5)
