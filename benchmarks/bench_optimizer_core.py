@@ -47,21 +47,27 @@ def seconds(fn: Callable[[], None]) -> float:
 
 
 def bench_forward_backward(model, x, repeats: int) -> dict[str, float]:
-    """Median fwd+bwd seconds with no hooks, AdaAct's hooks, and unfold hooks, interleaved."""
-    optimizer = AdaAct(model.parameters(), model=model)
-    optimizer.remove_hooks()
+    """Median fwd+bwd seconds with no hooks, AdaAct's hooks (layers found without ``model=``,
+    as timm's registry builds it, and with ``model=``), and unfold hooks, interleaved."""
+    found = AdaAct(model.parameters())
+    given = AdaAct(model.parameters(), model=model)
+    for optimizer in (found, given):
+        optimizer.remove_hooks()
 
     def run():
         model.zero_grad(set_to_none=True)
         model(x).float().mean().backward()
 
-    def with_adaact():
-        optimizer._table.register_hooks()
-        try:
-            run()
-        finally:
-            optimizer._table.remove_hooks()
-            optimizer._table.clear_pending()
+    def with_adaact(optimizer):
+        def fn():
+            optimizer._table.register_hooks()
+            try:
+                run()
+            finally:
+                optimizer._table.remove_hooks()
+                optimizer._table.clear_pending()
+
+        return fn
 
     def with_unfold():
         handles = unfold_hooks(model)
@@ -71,7 +77,12 @@ def bench_forward_backward(model, x, repeats: int) -> dict[str, float]:
             for handle in handles:
                 handle.remove()
 
-    variants = {"no hooks": run, "AdaAct hooks": with_adaact, "unfold hooks": with_unfold}
+    variants = {
+        "no hooks": run,
+        "AdaAct hooks": with_adaact(found),
+        "AdaAct hooks model=": with_adaact(given),
+        "unfold hooks": with_unfold,
+    }
     for fn in variants.values():  # warm-up
         fn()
     times = {name: [] for name in variants}
@@ -103,8 +114,8 @@ def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int]
     def groups():
         return timm.optim.param_groups_weight_decay(model, weight_decay=1e-4)
 
-    adaact = AdaAct(groups(), model=model, lr=1e-3)
-    adaact_foreach = AdaAct(groups(), model=model, lr=1e-3, foreach=True)
+    adaact = AdaAct(groups(), lr=1e-3)
+    adaact_foreach = AdaAct(groups(), lr=1e-3, foreach=True)
     adaact_foreach.remove_hooks()
     sgd = torch.optim.SGD(groups(), lr=1e-3, momentum=0.9, foreach=True)
     adamw = torch.optim.AdamW(groups(), lr=1e-3, foreach=True)
@@ -155,6 +166,30 @@ def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int]
     return {name: statistics.median(v) for name, v in times.items()}, sizes
 
 
+def bench_build(model, repeats: int) -> dict[str, float]:
+    """Median seconds to build AdaAct with ``model=`` and finding the model, interleaved.
+
+    Finding it scans the objects Python's collector tracks: once per optimizer, never per step.
+    """
+
+    def build(**kwargs):
+        def fn():
+            start = time.perf_counter()
+            optimizer = AdaAct(model.parameters(), **kwargs)
+            elapsed = time.perf_counter() - start
+            optimizer.remove_hooks()
+            return elapsed
+
+        return fn
+
+    variants = {"model=": build(model=model), "found": build()}
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -170,10 +205,11 @@ def main() -> None:
         f"batch {args.batch}, fp32, medians of {args.repeats} (fwd+bwd) / "
         f"{args.step_repeats} (step) interleaved repetitions.",
         "",
-        "| model | fwd+bwd no hooks (s) | AdaAct hooks | unfold hooks | step AdaAct (ms) "
+        "| model | fwd+bwd no hooks (s) | AdaAct hooks | hooks with model= | unfold hooks "
+        "| step AdaAct (ms) "
         "| step foreach | step SGD-m | step AdamW | AdaAct/SGD | AdaAct/AdamW "
-        "| state AdaAct/AdamW |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| state AdaAct/AdamW | build model= / found (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, channels_last in (
         ("resnet50", False),
@@ -188,16 +224,19 @@ def main() -> None:
             name += " (channels_last input)"
         fb = bench_forward_backward(model, x, args.repeats)
         step, sizes = bench_step(model, x, args.step_repeats)
+        builds = bench_build(model, args.repeats)
         base = fb["no hooks"]
         row = (
             f"| {name} | {base:.3f} | {fb['AdaAct hooks'] / base:.3f}x "
+            f"| {fb['AdaAct hooks model='] / base:.3f}x "
             f"| {fb['unfold hooks'] / base:.3f}x | {step['AdaAct'] * 1e3:.1f} "
             f"| {step['AdaAct foreach'] * 1e3:.1f} "
             f"| {step['SGD momentum'] * 1e3:.1f} | {step['AdamW'] * 1e3:.1f} "
             f"| {step['AdaAct'] / step['SGD momentum']:.2f}x "
             f"| {step['AdaAct'] / step['AdamW']:.2f}x "
             f"| {sizes['AdaAct'] / sizes['AdamW']:.3f}x "
-            f"({sizes['AdaAct'] / 2**20:.1f} / {sizes['AdamW'] / 2**20:.1f} MiB) |"
+            f"({sizes['AdaAct'] / 2**20:.1f} / {sizes['AdamW'] / 2**20:.1f} MiB) "
+            f"| {builds['model='] * 1e3:.0f} / {builds['found'] * 1e3:.0f} |"
         )
         print(row, flush=True)
         lines.append(row)
