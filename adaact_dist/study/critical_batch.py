@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adaact_dist.study.recipes import RECIPES
+from adaact_dist.study.recipes import RECIPES, RUN_KEYS
 from adaact_dist.study.runner import SUMMARY, run_state
 
 GRID_FACTOR = 2.0
@@ -45,21 +45,10 @@ BUDGET_FACTOR = 2.0
 """A run is cut at this multiple of the steps of its cell's fastest run (same seed) so far."""
 
 STUDY_KEYS = (
-    "run.name",
-    "run.output_dir",
-    "run.seed",
+    *RUN_KEYS,
     "run.target_top1",
-    "data.builtin",
-    "data.global_batch_size",
-    "data.micro_batch_size",
-    "data.max_micro_batch_size",
-    "optim.name",
-    "optim.lr",
-    "optim.lr_base_batch_size",
-    "optim.weight_decay",
     "schedule.max_steps",
     "logging.noise_scale_every_steps",
-    "distributed.zero_stage",
 )
 """Keys that every run sets itself; ``--set`` may not touch them."""
 

@@ -110,7 +110,7 @@ def warmup_epochs(batch_size: int, epochs: int) -> float:
     return min(WARMUP_EPOCHS_AT_BASE * math.sqrt(batch_size / BASE_BATCH), epochs / 4)
 
 
-STUDY_KEYS = (
+RUN_KEYS = (
     "run.name",
     "run.output_dir",
     "run.seed",
@@ -122,9 +122,11 @@ STUDY_KEYS = (
     "optim.lr",
     "optim.lr_base_batch_size",
     "optim.weight_decay",
-    "schedule.warmup_epochs",
     "distributed.zero_stage",
 )
+"""Keys that a run of any study sets itself: which run it is, its batch and its optimizer."""
+
+STUDY_KEYS = (*RUN_KEYS, "schedule.warmup_epochs")
 """Keys that every run sets itself; ``--set`` may not touch them."""
 
 
