@@ -322,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {failure}", file=sys.stderr)
     if study.incomplete:
         print(f"not finished yet (left out): {', '.join(study.incomplete)}")
+    noise_final = sum(read_outcome(run) is not None for run in noise)
     print(
-        f"{len(outcomes)} grid run(s) and {len(noise)} noise run(s) final, {study.trained} "
+        f"{len(outcomes)} grid run(s) and {noise_final} noise run(s) final, {study.trained} "
         f"trained now, in {context.wall_s / 60:.1f} min"
     )
     return EXIT_FAILED if failures else EXIT_OK
