@@ -12,6 +12,9 @@ epoch, identical on every rank.
 
 What it does not do: RandAugment and colour jitter (an ``auto_augment`` policy is refused);
 images of different sizes in one training split (refused: crop them when writing the shards).
+Training crops are always resampled bilinearly (``train_interpolation`` is the per-image
+backends' choice), and it has no workers, buffers or prefetching (``num_workers``,
+``shuffle_buffer``, ``prefetch``: the trainer's config requires ``num_workers: 0``).
 """
 
 from __future__ import annotations
