@@ -1,12 +1,13 @@
 """Running the study's trainer runs: one subprocess each, finished ones skipped.
 
-Every run is an ordinary ``launch/train_imagenet.py`` start in its own run directory, as one
-process (world size 1), so that no state leaks from one run into the next and every run
-directory holds the same records as any other run. A run whose ``summary.json`` says it
-finished or diverged is final and skipped; any other run is started again, and the trainer
-resumes it from its newest checkpoint. Before anything runs, every run's config is resolved
-and checked against the record of its directory, so a changed recipe stops the study at once
-instead of mixing two recipes in one table.
+Every run is an ordinary trainer start (``python -m adaact_dist.train``, the command line of
+``launch/train_imagenet.py``, so that the package runs its studies without a checkout) in its
+own run directory, as one process (world size 1), so that no state leaks from one run into
+the next and every run directory holds the same records as any other run. A run whose
+``summary.json`` says it finished or diverged is final and skipped; any other run is started
+again, and the trainer resumes it from its newest checkpoint. Before anything runs, every
+run's config is resolved and checked against the record of its directory, so a changed
+recipe stops the study at once instead of mixing two recipes in one table.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from adaact_dist.study.recipes import RunSpec
 from adaact_dist.train.config_io import ConfigError, load_config
 from adaact_dist.train.run_record import RunRecord
 
-TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "launch" / "train_imagenet.py"
+TRAINER_MODULE = "adaact_dist.train"
 SUMMARY = "summary.json"
 LOG = "train.log"
 FINAL_STATES = ("finished", "diverged")
@@ -94,7 +95,8 @@ def run_one(spec: RunSpec, config: str, common: Sequence[str], threads: int) -> 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
-        str(TRAIN_SCRIPT),
+        "-m",
+        TRAINER_MODULE,
         "--config",
         config,
         "--set",
