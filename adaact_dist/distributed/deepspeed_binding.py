@@ -246,4 +246,15 @@ def _saved_statistics(arguments: dict[str, Any]) -> dict[str, Any]:
             "ds_to_universal "
             "(use adaact_dist.distributed.convert_to_universal / launch/convert_checkpoint.py)"
         )
+    check_format(entry, where)
     return entry[STATS]
+
+
+def check_format(entry: dict[str, Any], where: str) -> None:
+    """Refuse AdaAct state of another layout than this version writes, naming both."""
+    version = entry.get(FORMAT)
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{where} holds AdaAct state of format {version!r}; this version reads format "
+            f"{FORMAT_VERSION}: resume it with the adaact-dist version that wrote it"
+        )

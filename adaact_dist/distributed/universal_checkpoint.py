@@ -25,7 +25,12 @@ from typing import Any
 import torch
 
 from adaact_dist._files import atomic_write_text
-from adaact_dist.distributed.deepspeed_binding import CHECKPOINT_KEY, LAYOUTS, PARAM_SHAPES
+from adaact_dist.distributed.deepspeed_binding import (
+    CHECKPOINT_KEY,
+    LAYOUTS,
+    PARAM_SHAPES,
+    check_format,
+)
 
 _OPTIM_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 _SHARDED = ("base_optimizer_state", "single_partition_of_fp32_groups", "param_slice_mappings")
@@ -60,6 +65,7 @@ def convert_to_universal(
                 f"{path} has no AdaAct layout ({CHECKPOINT_KEY!r}): save the checkpoint with "
                 "the engine built by adaact_dist.distributed.deepspeed_initialize"
             )
+        check_format(entry, str(path))
         base = state["base_optimizer_state"]
         if not isinstance(base, dict):
             raise NotImplementedError(

@@ -254,20 +254,15 @@ class CheckpointManager:
     def verify(self, info: CheckpointInfo) -> str | None:
         """Why ``info`` cannot be loaded (a missing, truncated or altered file), or None.
 
-        Reads every file once; nothing is deserialised. A checkpoint written without digests
-        (by an older version) is only checked for its files' presence.
+        Reads every file once; nothing is deserialised.
         """
         try:
             meta = info.meta()
         except (OSError, json.JSONDecodeError) as error:
             return f"its {META} is unreadable ({error})"
         files = meta.get("files")
-        if files is None:
-            return (
-                None
-                if (info.path / "mp_rank_00_model_states.pt").is_file()
-                else ("mp_rank_00_model_states.pt is missing")
-            )
+        if not isinstance(files, dict):
+            return f"its {META} lists no file digests to check the files against"
         for name, expected in files.items():
             path = info.path / name
             if not path.is_file():

@@ -181,3 +181,28 @@ def test_launcher_environments_become_torch_distributed_variables():
     assert first_slurm_host("node7") == "node7" and first_slurm_host("a[1-3],b2") == "a1"
     with pytest.raises(RuntimeError, match="not \\['MASTER_ADDR', 'MASTER_PORT'\\]"):
         fill_env({"RANK": "0", "WORLD_SIZE": "2"})
+
+
+def test_a_checkpoint_without_digests_is_not_trusted(tmp_path):
+    """Every checkpoint of this project records its files' digests; one whose meta lists
+    none cannot be verified and is treated as damaged (the next older one is tried)."""
+    manager = CheckpointManager(tmp_path / "ckpt", keep_last=2, keep_best=False, rank=0)
+    info = manager.save(_FakeEngine(), step=10, epoch=1, top1=None, trainer_state={"s": 10})
+    assert manager.verify(info) is None
+    meta_path = info.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["files"]
+    meta_path.write_text(json.dumps(meta))
+    assert "no file digests" in manager.verify(info)
+
+
+def test_adaact_state_of_another_format_is_refused_by_name():
+    from adaact_dist.distributed.deepspeed_binding import FORMAT, FORMAT_VERSION, check_format
+
+    check_format({FORMAT: FORMAT_VERSION}, "ckpt/zero/optimizer_state.pt")
+    with pytest.raises(
+        ValueError, match=r"ckpt/zero/optimizer_state.pt holds AdaAct state of format 0"
+    ):
+        check_format({FORMAT: 0}, "ckpt/zero/optimizer_state.pt")
+    with pytest.raises(ValueError, match="format None"):
+        check_format({}, "ckpt")
