@@ -255,7 +255,8 @@ class OptimConfig(_Section):
     eps: float = 1e-8
     """AdaAct/AdamW/LAMB epsilon."""
     weight_decay: float = 1e-4
-    """Decoupled weight decay (not on 1-D parameters and biases)."""
+    """Weight decay, not on 1-D parameters and biases: decoupled for AdaAct, AdamW and LAMB;
+    an L2 term added to the gradient for SGD and LARS (timm's momentum and LARS)."""
     momentum: float = 0.9
     """SGD/LARS momentum."""
     stats_sync_every: int = 1

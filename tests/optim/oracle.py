@@ -1,4 +1,6 @@
-"""A float64 AdaAct written straight from ALGORITHM.md, with im2col, sharing no code.
+"""A float64 AdaAct written straight from the project's algorithm page (``ALGORITHM.md``
+beside the repository, in ``../shared/``; the same steps are the math in
+:class:`adaact_dist.optim.AdaAct`'s docstring), with im2col, sharing no code.
 
 It records each layer's inputs with its own hooks, forms the augmented sample matrix
 explicitly (``F.unfold`` for convolutions) and applies steps 1-6 per group of rows.
