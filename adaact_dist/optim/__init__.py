@@ -1,7 +1,7 @@
 """The AdaAct optimizer core: torch only, no distributed engine, no data."""
 
+from adaact_dist.optim._adaact import AdaAct, StatsDistributor
 from adaact_dist.optim._fragments import Fragment
 from adaact_dist.optim._functional import adaact
-from adaact_dist.optim.adaact import AdaAct, StatsDistributor
 
 __all__ = ["AdaAct", "Fragment", "StatsDistributor", "adaact"]

@@ -121,7 +121,7 @@ def test_the_layers_are_found_once_not_per_step(monkeypatch):
     calls = []
     find_model = _discovery.find_model
     monkeypatch.setattr(
-        "adaact_dist.optim.adaact.find_model", lambda groups: calls.append(1) or find_model(groups)
+        "adaact_dist.optim._adaact.find_model", lambda groups: calls.append(1) or find_model(groups)
     )
     optimizer = AdaAct(model.parameters())
     train(model, optimizer, "mlp", steps=3)
