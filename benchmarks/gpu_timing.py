@@ -195,10 +195,13 @@ class TrainStep:
 
 
 def plain_loop(spec: ModelSpec, device: torch.device) -> TrainStep:
-    """The anchor: the same timm model in a plain PyTorch loop with SGD-momentum."""
+    """The anchor: the same timm model in a plain PyTorch loop with SGD-momentum, in the
+    trainer's layout (channels-last inputs, weights left contiguous: see
+    ``adaact_dist.train.components.build_model``), so that the ratio compares the loops."""
+    import timm
     from timm.optim import param_groups_weight_decay
 
-    model = build_model(spec, device)
+    model = timm.create_model(spec.name, num_classes=spec.num_classes, **spec.kwargs).to(device)
     groups = param_groups_weight_decay(model, 1e-4)
     return TrainStep(model, torch.optim.SGD(groups, lr=0.01, momentum=0.9), spec)
 
