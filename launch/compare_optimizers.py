@@ -3,8 +3,9 @@
 One ordinary trainer run per (task, optimizer, batch size, seed), each in its own run
 directory under ``--out``, one process each (ZeRO stage 0 for every optimizer). Finished runs
 are skipped and interrupted ones resume, so the same command continues a study. The lr of each
-optimizer is the base lr of ``adaact_dist/study/recipes.py`` (chosen by ``--sweep``) scaled by
-its rule; ``results.csv``, ``summary.md`` and the PNGs are rewritten at the end.
+optimizer is the base lr of the optimizer table, ``adaact_dist/train/optimizers.py`` (chosen
+by ``--sweep``), scaled by its rule; ``results.csv``, ``summary.md`` and the PNGs are
+rewritten at the end.
 
 The study in the README (``benchmarks/compare/``), sweep first::
 

@@ -1,8 +1,9 @@
 """Optimizer studies: AdaAct against SGD, AdamW, LAMB and LARS across batch sizes.
 
-Built on the trainer, never inside it: each run is an ordinary ``launch/train_imagenet.py``
-run in its own directory (:mod:`~adaact_dist.study.runner`), with the per-optimizer lr table
-and scaling rules of :mod:`~adaact_dist.study.recipes`; :mod:`~adaact_dist.study.results`,
+Built on the trainer, never inside it: each run is an ordinary trainer run in its own
+directory (:mod:`~adaact_dist.study.runner`), with the lr, scaling rule and weight decay of the
+optimizer table (:data:`~adaact_dist.train.optimizers.OPTIMIZERS`) and the warm-up of
+:mod:`~adaact_dist.study.recipes`; :mod:`~adaact_dist.study.results`,
 :mod:`~adaact_dist.study.report` and :mod:`~adaact_dist.study.figures` turn the run
 directories into ``results.csv``, ``summary.md`` and PNGs. Entry point:
 ``launch/compare_optimizers.py``.
@@ -15,6 +16,6 @@ noise scale; :mod:`~adaact_dist.study.critical_results`, ``critical_report`` and
 ``critical_figures`` write its tables, summary and plots.
 """
 
-from adaact_dist.study.recipes import BASE_BATCH, RECIPES, OptimizerRecipe, RunSpec
+from adaact_dist.study.recipes import RunSpec
 
-__all__ = ["BASE_BATCH", "RECIPES", "OptimizerRecipe", "RunSpec"]
+__all__ = ["RunSpec"]

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 from adaact_dist.study import figures
-from adaact_dist.study.recipes import RECIPES, STUDY_KEYS, RunSpec, study_specs, sweep_specs
+from adaact_dist.study.recipes import STUDY_KEYS, RunSpec, study_specs, sweep_specs
 from adaact_dist.study.report import Context, summary_markdown, sweep_markdown
 from adaact_dist.study.results import aggregate, read_result, write_results
 from adaact_dist.study.runner import FINAL_STATES, Outcome, check_specs, last_log_line, run_all
 from adaact_dist.train.cli import add_override_option, overrides_of
 from adaact_dist.train.config_io import ConfigError, load_config, parse_override
+from adaact_dist.train.optimizers import OPTIMIZERS
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 TASKS = ("digits", "digits_noisy")
@@ -68,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--optimizers",
-        type=_names(list(RECIPES)),
-        default=list(RECIPES),
+        type=_names(list(OPTIMIZERS)),
+        default=list(OPTIMIZERS),
         help="optimizers, comma-separated",
     )
     parser.add_argument(

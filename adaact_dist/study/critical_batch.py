@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adaact_dist.study.recipes import RECIPES, RUN_KEYS
+from adaact_dist.study.recipes import RUN_KEYS
 from adaact_dist.study.runner import SUMMARY, run_state
+from adaact_dist.train.optimizers import OPTIMIZERS
 
 GRID_FACTOR = 2.0
 """Ratio of neighbouring lrs in a grid."""
@@ -205,7 +206,7 @@ class Plan:
                 self.task,
                 name,
                 batch,
-                center=RECIPES[name].lr(batch),
+                center=OPTIMIZERS[name].lr(batch),
                 fixed_lrs=tuple(self.lrs) if self.lrs else None,
             )
             for name in self.optimizers
@@ -223,7 +224,7 @@ class Plan:
             seed=seed,
             target=self.target,
             max_steps=budget,
-            weight_decay=RECIPES[cell.optimizer].weight_decay,
+            weight_decay=OPTIMIZERS[cell.optimizer].weight_decay,
             run_dir=self.out
             / "runs"
             / cell.task
@@ -243,7 +244,7 @@ class Plan:
             seed=0,
             target=self.target,
             max_steps=self.max_steps,
-            weight_decay=RECIPES[cell.optimizer].weight_decay,
+            weight_decay=OPTIMIZERS[cell.optimizer].weight_decay,
             run_dir=self.out
             / "noise-runs"
             / cell.task

@@ -33,10 +33,10 @@ from adaact_dist.study.critical_results import (
     write_noise,
     write_steps,
 )
-from adaact_dist.study.recipes import RECIPES
 from adaact_dist.study.runner import check_specs, last_log_line, run_one
 from adaact_dist.train.cli import add_override_option, overrides_of
 from adaact_dist.train.config_io import ConfigError, load_config, parse_override
+from adaact_dist.train.optimizers import OPTIMIZERS
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 NOISE_OPTIMIZERS = ("adaact", "sgd")
@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded data set (data.builtin)",
     )
     parser.add_argument(
-        "--optimizers", type=_names(list(RECIPES)), default=list(RECIPES), help="comma-separated"
+        "--optimizers",
+        type=_names(list(OPTIMIZERS)),
+        default=list(OPTIMIZERS),
+        help="comma-separated",
     )
     parser.add_argument(
         "--batch-sizes",

@@ -18,16 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adaact_dist.study.critical_results import BatchPoint, CriticalBatch
-from adaact_dist.study.figures import COLORS, _pyplot, _save
+from adaact_dist.study.plotting import optimizer_color, pyplot, save
 
 
 def plot_steps_to_target(
     points: dict[str, list[BatchPoint]], fits: dict[str, CriticalBatch], target: float, out: Path
 ) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, series in points.items():
-        color = COLORS.get(name)
+        color = optimizer_color(name)
         done = [p for p in series if p.mean_steps is not None]
         if not done:
             continue
@@ -56,11 +56,11 @@ def plot_steps_to_target(
     ax.set_title("dashed: perfect scaling from the smallest batch; dotted: S_min (1 + B_noise/B)")
     ax.title.set_fontsize(9)
     ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, out / "steps_to_target.png", legend_from=ax)
+    return save(fig, out / "steps_to_target.png", legend_from=ax)
 
 
 def plot_best_lr(points: dict[str, list[BatchPoint]], out: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n, series in points.items() if series]
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -68,18 +68,18 @@ def plot_best_lr(points: dict[str, list[BatchPoint]], out: Path) -> Path:
         sizes = [p.batch_size for p in series]
         lrs = [p.lr for p in series]
         reached = [p.mean_steps is not None for p in series]
-        ax.plot(sizes, lrs, "-", color=COLORS.get(name), label=name)
+        ax.plot(sizes, lrs, "-", color=optimizer_color(name), label=name)
         ax.plot(
             [b for b, r in zip(sizes, reached) if r],
             [lr for lr, r in zip(lrs, reached) if r],
             "o",
-            color=COLORS.get(name),
+            color=optimizer_color(name),
         )
         ax.plot(
             [b for b, r in zip(sizes, reached) if not r],
             [lr for lr, r in zip(lrs, reached) if not r],
             "x",
-            color=COLORS.get(name),
+            color=optimizer_color(name),
         )
         base_b, base_lr = sizes[0], lrs[0]
         ax.plot(sizes, [base_lr * b / base_b for b in sizes], "--", color="0.4", label="linear")
@@ -92,7 +92,7 @@ def plot_best_lr(points: dict[str, list[BatchPoint]], out: Path) -> Path:
         ax.set_xlabel("batch size")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("best lr (x: target not reached)")
-    return _save(fig, out / "best_lr.png", legend_from=axes[0][0])
+    return save(fig, out / "best_lr.png", legend_from=axes[0][0])
 
 
 def plot_noise_scale(
@@ -100,7 +100,7 @@ def plot_noise_scale(
 ) -> Path | None:
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     runs: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -108,7 +108,7 @@ def plot_noise_scale(
             row
         )
     for (name, batch, micro), series in runs.items():
-        color = COLORS.get(name)
+        color = optimizer_color(name)
         ax.plot(
             [r["step"] + 1 for r in series],
             [r["b_simple"] for r in series],
@@ -126,4 +126,4 @@ def plot_noise_scale(
     ax.set_title("dashed: B_noise fitted to the steps-to-target curve")
     ax.title.set_fontsize(9)
     ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, out / "noise_scale.png", legend_from=ax)
+    return save(fig, out / "noise_scale.png", legend_from=ax)

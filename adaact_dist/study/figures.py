@@ -17,22 +17,12 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from adaact_dist.study.plotting import optimizer_color, pyplot, save
 from adaact_dist.study.recipes import RunSpec
 from adaact_dist.study.results import Cell
 from adaact_dist.study.runner import run_state
 from adaact_dist.train.metrics import EVAL_CSV
 from adaact_dist.train.plots import mean_activation_variance
-
-COLORS = {"adaact": "C3", "sgd": "C0", "adamw": "C2", "lamb": "C1", "lars": "C4"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _finished(specs: Sequence[RunSpec]) -> list[RunSpec]:
@@ -44,22 +34,8 @@ def _eval_curve(run_dir: Path) -> dict[int, float]:
         return {int(row["epoch"]): float(row["top1"]) for row in csv.DictReader(handle)}
 
 
-def _save(fig, path: Path, legend_from=None) -> Path:
-    """Lay out and write ``fig``; ``legend_from``: the axes whose legend goes above all panels."""
-    top = 1.0
-    if legend_from is not None:
-        handles, labels = legend_from.get_legend_handles_labels()
-        if handles:
-            top = 1.0 - 0.45 / fig.get_figheight()
-            fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, top))
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
-
-
 def plot_top1_vs_epoch(specs: Sequence[RunSpec], task: str, out: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     mine = [s for s in _finished(specs) if s.task == task]
     batches = sorted({s.batch_size for s in specs if s.task == task})
     fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 4), squeeze=False)
@@ -73,7 +49,7 @@ def plot_top1_vs_epoch(specs: Sequence[RunSpec], task: str, out: Path) -> Path:
                 continue
             epochs = sorted(set.intersection(*(set(c) for c in curves)))
             values = [[c[e] for c in curves] for e in epochs]
-            color = COLORS.get(name)
+            color = optimizer_color(name)
             ax.plot(epochs, [sum(v) / len(v) for v in values], "-", color=color, label=name)
             if len(curves) > 1:
                 ax.fill_between(
@@ -86,11 +62,11 @@ def plot_top1_vs_epoch(specs: Sequence[RunSpec], task: str, out: Path) -> Path:
                 )
         ax.set(title=f"{task}, batch {batch}", xlabel="epoch", ylabel="validation top-1 (%)")
         ax.grid(alpha=0.3)
-    return _save(fig, out / f"top1_vs_epoch_{task}.png", legend_from=axes[0])
+    return save(fig, out / f"top1_vs_epoch_{task}.png", legend_from=axes[0])
 
 
 def plot_top1_vs_batch(cells: Sequence[Cell], out: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     tasks = list(dict.fromkeys(c.task for c in cells))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     axes = axes[0]
@@ -106,7 +82,7 @@ def plot_top1_vs_batch(cells: Sequence[Cell], out: Path) -> Path:
                 yerr=[c.stats["final_top1"].std or 0.0 for c in points],
                 fmt="o-",
                 capsize=3,
-                color=COLORS.get(name),
+                color=optimizer_color(name),
                 label=name,
             )
         ax.set_xscale("log", base=2)
@@ -114,12 +90,12 @@ def plot_top1_vs_batch(cells: Sequence[Cell], out: Path) -> Path:
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.set(title=task, xlabel="global batch size", ylabel="final validation top-1 (%)")
         ax.grid(alpha=0.3)
-    return _save(fig, out / "top1_vs_batch.png", legend_from=axes[0])
+    return save(fig, out / "top1_vs_batch.png", legend_from=axes[0])
 
 
 def plot_activation_variance(specs: Sequence[RunSpec], task: str, out: Path) -> Path:
     """Figure 1's layout: per layer, one bar per optimizer (mean over seeds), log scale."""
-    plt = _pyplot()
+    plt = pyplot()
     mine = [s for s in _finished(specs) if s.task == task]
     batches = sorted({s.batch_size for s in specs if s.task == task})
     optimizers = list(dict.fromkeys(s.optimizer for s in specs))
@@ -147,7 +123,7 @@ def plot_activation_variance(specs: Sequence[RunSpec], task: str, out: Path) -> 
                 [x + (i - (len(per_optimizer) - 1) / 2) * width for x in range(len(layers))],
                 [values[layer] for layer in layers],
                 width=width,
-                color=COLORS.get(name),
+                color=optimizer_color(name),
                 label=name,
             )
         ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
@@ -156,12 +132,12 @@ def plot_activation_variance(specs: Sequence[RunSpec], task: str, out: Path) -> 
             title=f"{task}, batch {batch}: activation variance averaged over training",
             ylabel="variance",
         )
-    return _save(fig, out / f"activation_variance_{task}.png", legend_from=axes[0])
+    return save(fig, out / f"activation_variance_{task}.png", legend_from=axes[0])
 
 
 def plot_sweep(cells: Sequence[Cell], out: Path) -> Path:
     """Final top-1 (mean, and standard deviation over the sweep's seeds) against the base lr."""
-    plt = _pyplot()
+    plt = pyplot()
     optimizers = list(dict.fromkeys(c.optimizer for c in cells))
     tasks = list(dict.fromkeys(c.task for c in cells))
     fig, axes = plt.subplots(
@@ -182,7 +158,7 @@ def plot_sweep(cells: Sequence[Cell], out: Path) -> Path:
                 yerr=[s.std or 0.0 for s in stats],
                 fmt=style,
                 capsize=3,
-                color=COLORS.get(name),
+                color=optimizer_color(name),
                 label=task,
             )
             lrs.update(c.base_lr for c in mine)
@@ -193,4 +169,4 @@ def plot_sweep(cells: Sequence[Cell], out: Path) -> Path:
         if len(tasks) > 1:
             ax.legend(fontsize=7)
     axes[0].set_ylabel("final validation top-1 (%)")
-    return _save(fig, out / "sweep.png")
+    return save(fig, out / "sweep.png")

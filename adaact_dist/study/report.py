@@ -1,7 +1,7 @@
 """``summary.md`` of the study and ``sweep.md`` of the lr sweep, from the aggregated cells.
 
 Means are over the finished seeds, ± the sample standard deviation; the best mean of each
-column is bold. The lr table is printed from :data:`~adaact_dist.study.recipes.RECIPES`, so
+column is bold. The lr table is printed from :data:`~adaact_dist.train.optimizers.OPTIMIZERS`, so
 the summary always states the rule that produced its numbers.
 """
 
@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adaact_dist._machine import cpu_name
-from adaact_dist.study.recipes import BASE_BATCH, RECIPES, warmup_epochs
+from adaact_dist.study.recipes import warmup_epochs
 from adaact_dist.study.results import Cell
+from adaact_dist.train.optimizers import BASE_BATCH, OPTIMIZERS
 
 
 def machine() -> str:
@@ -53,7 +54,7 @@ def _lr_rule_table(batch_sizes: Sequence[int], epochs: int) -> list[str]:
         f"| optimizer | base lr (batch {BASE_BATCH}) | scaling | lr at {sizes} | weight decay |",
         "|---|---|---|---|---|",
     ]
-    for recipe in RECIPES.values():
+    for recipe in OPTIMIZERS.values():
         lrs = " / ".join(f"{recipe.lr(b):.3g}" for b in batch_sizes)
         lines.append(
             f"| {recipe.name} | {recipe.base_lr:g} | {recipe.scaling} | {lrs} | "
@@ -166,14 +167,14 @@ def sweep_markdown(cells: Sequence[Cell], context: Context, figures: Sequence[st
             )
         lines += [
             "",
-            "| optimizer | best base lr (final top-1) | base lr in RECIPES |",
+            "| optimizer | best base lr (final top-1) | base lr in the optimizer table |",
             "|---|---|---|",
         ]
         for name in dict.fromkeys(c.optimizer for c in mine):
             scored = [c for c in mine if c.optimizer == name and c.stats["final_top1"].mean]
             best = max(scored, key=lambda c: c.stats["final_top1"].mean, default=None)
             shown = "-" if best is None else f"{best.base_lr:g}"
-            lines.append(f"| {name} | {shown} | {RECIPES[name].base_lr:g} |")
+            lines.append(f"| {name} | {shown} | {OPTIMIZERS[name].base_lr:g} |")
         lines.append("")
     lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from adaact_dist.train.config import ConfigValueError, TrainConfig
+from adaact_dist.train.optimizers import OPTIMIZERS
 from adaact_dist.train.plan import RunPlan
 
 if TYPE_CHECKING:
@@ -53,43 +54,9 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module, plan: RunPlan) -> Optimizer:
-    """AdaAct or a baseline, all with timm's grouping (no weight decay on 1-D params, biases).
-
-    AdaAct's statistics sync over ranks comes with ``adaact_dist.distributed.deepspeed_initialize``.
-    LAMB and LARS are timm's (the large-batch optimizers of timm's recipes); their trust
-    ratios are per parameter tensor, which is why the config refuses them on ZeRO-1/2's
-    flat partitions. LAMB keeps timm's global gradient-norm clipping at 1.0 (as NVIDIA's
-    reference implementation does), on top of ``optim.gradient_clipping``.
-    """
-    from timm.optim import create_optimizer_v2
-
-    spec = config.optim
-    if spec.name == "adaact":
-        from adaact_dist import create_optimizer
-
-        return create_optimizer(
-            model,
-            lr=plan.lr,
-            weight_decay=spec.weight_decay,
-            betas=spec.betas,
-            eps=spec.eps,
-            stats_sync_every=spec.stats_sync_every,
-        )
-    if spec.name in ("sgd", "lars"):
-        timm_name = "momentum" if spec.name == "sgd" else "lars"
-        return create_optimizer_v2(
-            model, timm_name, lr=plan.lr, weight_decay=spec.weight_decay, momentum=spec.momentum
-        )
-    if spec.name in ("adamw", "lamb"):
-        return create_optimizer_v2(
-            model,
-            spec.name,
-            lr=plan.lr,
-            weight_decay=spec.weight_decay,
-            betas=spec.betas,
-            eps=spec.eps,
-        )
-    raise AssertionError(spec.name)
+    """The :data:`~adaact_dist.train.optimizers.OPTIMIZERS` entry of ``optim.name`` at the
+    plan's (batch-scaled) lr. AdaAct's statistics sync over ranks comes with its engine."""
+    return OPTIMIZERS[config.optim.name].build(model, config.optim, plan.lr)
 
 
 def build_mixup(config: TrainConfig, *, seed: int) -> Any:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from adaact_dist.data import defaults as transform_defaults
+from adaact_dist.train.optimizers import OPTIMIZERS
 
 
 class ConfigValueError(ValueError):
@@ -242,9 +243,10 @@ class OptimConfig(_Section):
 
     SECTION: ClassVar[str] = "optim"
 
-    name: Literal["adaact", "sgd", "adamw", "lamb", "lars"] = "adaact"
-    """``adaact``; ``sgd`` (momentum), ``adamw``, and timm's ``lamb`` and ``lars`` (ZeRO
-    stage 0 only) are baselines run in the same loop."""
+    name: str = "adaact"
+    """A name of :data:`~adaact_dist.train.optimizers.OPTIMIZERS`: ``adaact``; ``sgd``
+    (momentum), ``adamw``, and timm's ``lamb`` and ``lars`` (ZeRO stage 0 only) are baselines
+    run in the same loop."""
     lr: float = 4.0
     """Peak learning rate at ``lr_base_batch_size`` images per step."""
     lr_base_batch_size: int | None = None
@@ -265,6 +267,7 @@ class OptimConfig(_Section):
     """Clip the global gradient norm to this value; 0 disables."""
 
     def __post_init__(self) -> None:
+        self._require("name", self.name in OPTIMIZERS, "one of " + ", ".join(map(repr, OPTIMIZERS)))
         self._require("lr", math.isfinite(self.lr) and self.lr > 0.0, "a finite number > 0")
         base = self.lr_base_batch_size
         self._require("lr_base_batch_size", base is None or base >= 1, ">= 1 or null")
@@ -438,9 +441,6 @@ class TrainConfig(_Section):
     """A whole run: one attribute per YAML section."""
 
     SECTION: ClassVar[str] = ""
-    PER_TENSOR_OPTIMIZERS: ClassVar[tuple[str, ...]] = ("lamb", "lars")
-    """Optimizers whose trust ratio is a norm over each parameter tensor: ZeRO-1/2 would hand
-    them flat partitions that cut across tensors (and mix several tensors in one)."""
 
     run: RunConfig = field(default_factory=RunConfig)
     """Run directory, seed, early stop."""
@@ -475,7 +475,7 @@ class TrainConfig(_Section):
                 "schedule.warmup_lr", self.schedule.warmup_lr, f"<= optim.lr ({self.optim.lr})"
             )
         name, stage = self.optim.name, self.distributed.zero_stage
-        if name in self.PER_TENSOR_OPTIMIZERS and stage != 0:
+        if OPTIMIZERS[name].per_tensor and stage != 0:
             raise ConfigValueError(
                 "distributed.zero_stage",
                 stage,

@@ -50,6 +50,7 @@ from adaact_dist.train.loaders import build_loaders
 from adaact_dist.train.logger import get_logger
 from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter, Progress
 from adaact_dist.train.noise_scale import GradientNormProbe
+from adaact_dist.train.optimizers import OPTIMIZERS
 from adaact_dist.train.plan import make_plan
 from adaact_dist.train.plots import plot_run
 from adaact_dist.train.resume import ResumePoint, choose_resume_point
@@ -274,9 +275,7 @@ class Trainer:
         self.probe = ActivationProbe(model) if config.logging.activation_every_steps else None
         self.optimizer = build_optimizer(config, model, self.plan)
         initialize = deepspeed.initialize
-        if config.optim.name == "adaact":
-            # Maps ZeRO partitions / fp32 master copies onto layers, syncs the statistics over
-            # the data-parallel group, checkpoints them.
+        if OPTIMIZERS[config.optim.name].layer_statistics:
             from adaact_dist.distributed import deepspeed_initialize as initialize
         self.engine, _, _, _ = initialize(
             model=model, optimizer=self.optimizer, config=self.ds_config, dist_init_required=False

@@ -13,6 +13,7 @@ from PIL import Image
 from adaact_dist.study import recipes
 from adaact_dist.study.cli import main
 from adaact_dist.study.results import RESULT_FIELDS
+from adaact_dist.train import optimizers
 from tests.train.helpers import PYTHON, ROOT, env, read_csv
 
 # 8 px digits, one epoch of 5 steps at batch 256: a few seconds per run.
@@ -48,7 +49,7 @@ def test_every_run_is_a_finished_single_process_stage0_run(study):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["finished"] and summary["world_size"] == 1
         assert summary["optimizer"] == name and summary["plan"]["lr"] == pytest.approx(
-            recipes.RECIPES[name].lr(256)
+            optimizers.OPTIMIZERS[name].lr(256)
         )
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["distributed"]["zero_stage"] == 0
@@ -71,7 +72,7 @@ def test_results_summary_and_plots_are_well_formed(study):
         assert float(row["seconds_per_epoch"]) > 0 and float(row["activation_variance"]) > 0
     summary = (out / "summary.md").read_text()
     assert "## digits: final validation top-1 (%), mean ± std over 1 seeds" in summary
-    for name, recipe in recipes.RECIPES.items():  # the lr rule of every optimizer
+    for name, recipe in optimizers.OPTIMIZERS.items():  # the lr rule of every optimizer
         assert (
             f"| {name} | {recipe.base_lr:g} | {recipe.scaling} | {recipe.lr(256):.3g} |" in summary
         )
@@ -88,7 +89,7 @@ def test_second_invocation_skips_finished_runs_and_changes_no_run(study, capsys)
     assert main(args) == 0
     output = capsys.readouterr().out
     for name in OPTIMIZERS:
-        lr = recipes.RECIPES[name].lr(256)
+        lr = optimizers.OPTIMIZERS[name].lr(256)
         assert f"skip digits/{name}-b256-s0 (lr {lr:.3g}): finished" in output
     assert "(0 run now)" in output
     assert _files(tmp / "out" / "runs") == before
@@ -108,8 +109,8 @@ def test_changed_recipe_and_study_keys_are_refused_before_any_work(study, capsys
 
 def test_sweep_writes_its_table_and_plot(study, capsys, monkeypatch):
     tmp, _, _ = study
-    sgd = dataclasses.replace(recipes.RECIPES["sgd"], sweep_lrs=(0.05,))
-    monkeypatch.setitem(recipes.RECIPES, "sgd", sgd)
+    sgd = dataclasses.replace(optimizers.OPTIMIZERS["sgd"], sweep_lrs=(0.05,))
+    monkeypatch.setitem(optimizers.OPTIMIZERS, "sgd", sgd)
     out = tmp / "sweep"
     assert main(["--sweep", *TINY, "--optimizers", "sgd", "--out", str(out), *_tiny_set(tmp)]) == 0
     rows = read_csv(out / "sweep.csv")
@@ -117,13 +118,14 @@ def test_sweep_writes_its_table_and_plot(study, capsys, monkeypatch):
     assert [(r["base_lr"], r["lr"], r["seed"]) for r in rows] == [("0.05", "0.2", "1000")]
     assert (out / "sweep-runs" / "digits" / "sgd-lr0.05-b256-s1000" / "summary.json").is_file()
     table = (out / "sweep.md").read_text()
-    assert "| optimizer | best base lr (final top-1) | base lr in RECIPES |" in table
+    assert "| optimizer | best base lr (final top-1) | base lr in the optimizer table |" in table
     assert f"| sgd | 0.05 | {sgd.base_lr:g} |" in table
     assert (out / "sweep.png").stat().st_size > 10_000
 
 
 def test_lr_scaling_and_warmup_rules():
-    assert recipes.RECIPES["sgd"].lr(1024) == pytest.approx(16 * recipes.RECIPES["sgd"].base_lr)
-    assert recipes.RECIPES["adamw"].lr(1024) == pytest.approx(4 * recipes.RECIPES["adamw"].base_lr)
+    sgd, adamw = optimizers.OPTIMIZERS["sgd"], optimizers.OPTIMIZERS["adamw"]
+    assert sgd.lr(1024) == pytest.approx(16 * sgd.base_lr)
+    assert adamw.lr(1024) == pytest.approx(4 * adamw.base_lr)
     assert [recipes.warmup_epochs(b, 20) for b in (64, 256, 1024)] == [1, 2, 4]
     assert recipes.warmup_epochs(1024, 8) == 2  # at most a quarter of the run
