@@ -5,8 +5,8 @@ torch keys its extensions folder by Python and CUDA version only
 machine (two virtual environments; a fresh clone beside a checkout) share one build of
 ``deepspeed_shm_comm``: each sees the other's sources in the build file, rebuilds against
 its own (a minute or more on a busy 2-core machine) under one lock, and the other then
-rebuilds again, so every process start waits for a compile. Keyed by DeepSpeed's install
-folder, each installation builds once and reuses its build.
+rebuilds again, so every process start waits for a compile. Keyed by the environment and
+DeepSpeed's install folder, each installation builds once and reuses its build.
 
 Within one installation the build must also always go through the same ``ninja``: DeepSpeed
 installs one (the ``ninja`` package, next to its Python), a machine often has another on
@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 
 ENV = "TORCH_EXTENSIONS_DIR"
@@ -36,7 +37,10 @@ def use_private_op_builds() -> Path | None:
     spec = importlib.util.find_spec("deepspeed")
     if spec is None or spec.origin is None:
         return None
-    install = str(Path(spec.origin).resolve().parent)
+    # As this process reached it, not resolved: the build commands hold the include paths
+    # under sys.prefix, so an environment entered through a symlink writes other commands
+    # and must not share (and rebuild in turn) the folder of the environment it points to.
+    install = f"{sys.prefix}{os.pathsep}{Path(spec.origin).parent}"
     tag = hashlib.sha256(install.encode()).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     folder = cache / "torch_extensions" / f"deepspeed-{tag}"

@@ -37,6 +37,21 @@ def test_each_installation_gets_its_own_folder(unset, tmp_path):
     assert op_builds.use_private_op_builds() not in (None, first)
 
 
+def test_an_environment_entered_through_a_symlink_gets_its_own_folder(unset, tmp_path):
+    """Its build commands name the include folders by the symlink's path: sharing the real
+    environment's folder would make the two rebuild the op in turn."""
+    real = tmp_path / "venv" / "site-packages"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "venv")
+    unset.setattr(op_builds.sys, "prefix", str(tmp_path / "venv"))
+    _installed_at(unset, str(real))
+    first = op_builds.use_private_op_builds()
+    unset.delenv(op_builds.ENV)
+    unset.setattr(op_builds.sys, "prefix", str(tmp_path / "link"))
+    _installed_at(unset, str(tmp_path / "link" / "site-packages"))
+    assert op_builds.use_private_op_builds() not in (None, first)
+
+
 def test_a_folder_set_by_the_user_or_the_image_is_kept(monkeypatch):
     monkeypatch.setenv(op_builds.ENV, "/opt/ext")
     assert op_builds.use_private_op_builds() is None
