@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,28 +53,55 @@ def convert_to_universal(
     """
     source = Path(checkpoint_dir)
     target = Path(output_dir) if output_dir else source.with_name(source.name + "_universal")
-    ranks = _optimizer_files(source)
-    full: dict[str, dict[str, torch.Tensor]] = {}
-    covered: dict[str, int] = {}
-    steps: dict[str, Any] = {}
-    first: dict[str, Any] = {}
-    for rank, path in enumerate(ranks):
-        state = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
-        entry = state.get(CHECKPOINT_KEY)
-        if entry is None:
-            raise ValueError(
-                f"{path} has no AdaAct layout ({CHECKPOINT_KEY!r}): save the checkpoint with "
-                "the engine built by adaact_dist.distributed.deepspeed_initialize"
-            )
-        check_format(entry, str(path))
-        base = state["base_optimizer_state"]
-        if not isinstance(base, dict):
-            raise NotImplementedError(
-                f"{path} is an elastic ZeRO checkpoint, which keeps no parameter groups: "
-                "save with zero_optimization.elastic_checkpoint=false to convert it"
-            )
-        if rank == 0:
-            first = state
+    whole = _WholeParameters()
+    first: dict[str, Any] | None = None
+    for path in _optimizer_files(source):
+        state = _read_rank_state(path)
+        first = first or state
+        whole.add(state)
+    shapes = first[CHECKPOINT_KEY][PARAM_SHAPES]
+    whole.check_complete(shapes, source)
+    whole.write(target / "zero", shapes)
+    common = {key: value for key, value in first.items() if key not in _SHARDED}
+    common["param_groups"] = first["base_optimizer_state"]["param_groups"]
+    torch.save(common, target / "zero" / "optimizer_state.pt")
+    for model_states in sorted(source.glob("mp_rank_*_model_states.pt")):
+        shutil.copy2(model_states, target / model_states.name)
+    if write_latest:
+        atomic_write_text(target.parent / "latest_universal", target.name)
+    return target
+
+
+def _read_rank_state(path: Path) -> dict[str, Any]:
+    """One rank's optimizer state, refused unless AdaAct's binding wrote it with groups."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+    entry = state.get(CHECKPOINT_KEY)
+    if entry is None:
+        raise ValueError(
+            f"{path} has no AdaAct layout ({CHECKPOINT_KEY!r}): save the checkpoint with "
+            "the engine built by adaact_dist.distributed.deepspeed_initialize"
+        )
+    check_format(entry, str(path))
+    if not isinstance(state["base_optimizer_state"], dict):
+        raise NotImplementedError(
+            f"{path} is an elastic ZeRO checkpoint, which keeps no parameter groups: "
+            "save with zero_optimization.elastic_checkpoint=false to convert it"
+        )
+    return state
+
+
+@dataclass
+class _WholeParameters:
+    """Each parameter's fp32 master and flat optimizer states, put together from the ranks'
+    fragments; scalar states (step counts) as found."""
+
+    flat: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    covered: dict[str, int] = field(default_factory=dict)
+    scalars: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, state: dict[str, Any]) -> None:
+        """Copy one rank's fragments into place, by the binding's layout records."""
+        entry, base = state[CHECKPOINT_KEY], state["base_optimizer_state"]
         shapes = entry[PARAM_SHAPES]
         for record in entry[LAYOUTS]:
             group = record["group"]
@@ -81,7 +109,7 @@ def convert_to_universal(
             flat_states["fp32"] = state["single_partition_of_fp32_groups"][group]
             for name, param_offset, flat_offset, numel in record["fragments"]:
                 size = int(torch.Size(shapes[name]).numel())
-                slots = full.setdefault(name, {})
+                slots = self.flat.setdefault(name, {})
                 for key, value in flat_states.items():
                     if torch.is_tensor(value) and value.dim() == 1:
                         if key not in slots:
@@ -89,31 +117,28 @@ def convert_to_universal(
                         run = value[flat_offset : flat_offset + numel]
                         slots[key][param_offset : param_offset + numel] = run
                     else:
-                        steps[name] = value
-                covered[name] = covered.get(name, 0) + numel
-    shapes = first[CHECKPOINT_KEY][PARAM_SHAPES]
-    incomplete = [n for n, shape in shapes.items() if covered.get(n) != torch.Size(shape).numel()]
-    if incomplete:
-        raise ValueError(
-            f"The ranks' fragments of {incomplete[:5]} do not add up to whole parameters: "
-            f"{source} is missing optimizer files of some ranks"
-        )
-    zero = target / "zero"
-    for name, slots in full.items():
-        folder = zero / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for key, flat in slots.items():
-            torch.save({"param": flat.view(shapes[name])}, folder / f"{key}.pt")
-        if name in steps:
-            torch.save(steps[name], folder / "step.pt")
-    common = {key: value for key, value in first.items() if key not in _SHARDED}
-    common["param_groups"] = first["base_optimizer_state"]["param_groups"]
-    torch.save(common, zero / "optimizer_state.pt")
-    for model_states in sorted(source.glob("mp_rank_*_model_states.pt")):
-        shutil.copy2(model_states, target / model_states.name)
-    if write_latest:
-        atomic_write_text(target.parent / "latest_universal", target.name)
-    return target
+                        self.scalars[name] = value
+                self.covered[name] = self.covered.get(name, 0) + numel
+
+    def check_complete(self, shapes: dict[str, Any], source: Path) -> None:
+        incomplete = [
+            n for n, shape in shapes.items() if self.covered.get(n) != torch.Size(shape).numel()
+        ]
+        if incomplete:
+            raise ValueError(
+                f"The ranks' fragments of {incomplete[:5]} do not add up to whole parameters: "
+                f"{source} is missing optimizer files of some ranks"
+            )
+
+    def write(self, zero: Path, shapes: dict[str, Any]) -> None:
+        """One folder per parameter, one file per state: DeepSpeed's universal layout."""
+        for name, slots in self.flat.items():
+            folder = zero / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for key, flat in slots.items():
+                torch.save({"param": flat.view(shapes[name])}, folder / f"{key}.pt")
+            if name in self.scalars:
+                torch.save(self.scalars[name], folder / "step.pt")
 
 
 def _optimizer_files(source: Path) -> list[Path]:

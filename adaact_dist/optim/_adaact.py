@@ -132,25 +132,39 @@ class AdaAct(Optimizer):
         other_momentum: float = 0.9,
         foreach: bool | None = None,
     ):
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(
-                f"Invalid model={type(model).__name__}: must be the nn.Module that owns the "
-                "parameters, e.g. AdaAct(model.parameters(), model=model), or None"
-            )
+        _check_options(
+            model=model,
+            stats_sync_every=stats_sync_every,
+            other_rule=other_rule,
+            other_momentum=other_momentum,
+            foreach=foreach,
+        )
         _check_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        if not isinstance(stats_sync_every, int) or stats_sync_every < 1:
-            raise ValueError(f"Invalid stats_sync_every={stats_sync_every!r}: must be an int >= 1")
-        if other_rule not in OTHER_RULES:
-            raise ValueError(f"Invalid other_rule={other_rule!r}: must be one of {OTHER_RULES}")
-        if not 0.0 <= other_momentum < 1.0:
-            raise ValueError(f"Invalid other_momentum={other_momentum!r}: must be in [0, 1)")
-        if foreach not in (None, True, False):
-            raise ValueError(f"Invalid foreach={foreach!r}: must be None, True or False")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         for group in self.param_groups:
             _check_hyperparameters(**{k: group[k] for k in defaults})
+        self.stats_sync_every = stats_sync_every
+        self.distributor = distributor
+        self.other_rule = other_rule
+        self.other_momentum = other_momentum
+        self.foreach = foreach
+        self._stats_step = 0
+        self._folded = False  # this step's statistics are in V already
+        self._flat: dict[int, tuple[Tensor, list[Piece]]] = {}
+        self._bind_layers(model)
+        self._table.register_hooks()
+        self._capture = DirectCallCapture(self._table)
+        self._capture.attach(self._table.root)
+        self.register_state_dict_post_hook(_save_statistics)
+        self.register_load_state_dict_pre_hook(_load_statistics)
+        self.register_load_state_dict_pre_hook(_remember_group_positions)
+        self.register_load_state_dict_post_hook(_follow_new_groups)
 
+    def _bind_layers(self, model: nn.Module | None) -> None:
+        """Find the layers whose weights are among the parameters (in ``model``, or in the
+        module found to own them) and each parameter's role: a layer's weight, its bias, or
+        another parameter updated by ``other_rule``."""
         params_in_groups = [p for group in self.param_groups for p in group["params"]]
         if model is None:
             model = find_model(self.param_groups)
@@ -179,22 +193,7 @@ class AdaAct(Optimizer):
             self._roles[id(layer.weight)] = (WEIGHT, layer)
             if layer.bias is not None and id(layer.bias) in group_of:
                 self._roles[id(layer.bias)] = (BIAS, layer)
-        self.stats_sync_every = stats_sync_every
-        self.distributor = distributor
-        self.other_rule = other_rule
-        self.other_momentum = other_momentum
-        self.foreach = foreach
-        self._stats_step = 0
-        self._folded = False  # this step's statistics are in V already
         self._known = {id(p) for p in params_in_groups}
-        self._flat: dict[int, tuple[Tensor, list[Piece]]] = {}
-        self._table.register_hooks()
-        self._capture = DirectCallCapture(self._table)
-        self._capture.attach(self._table.root)
-        self.register_state_dict_post_hook(_save_statistics)
-        self.register_load_state_dict_pre_hook(_load_statistics)
-        self.register_load_state_dict_pre_hook(_remember_group_positions)
-        self.register_load_state_dict_post_hook(_follow_new_groups)
 
     @property
     def layers(self) -> list[PreconditionedLayer]:
@@ -522,6 +521,25 @@ class AdaAct(Optimizer):
         if tensors[0].device.type != "cpu":
             return True
         return sum(t.numel() for t in tensors) < _CPU_FOREACH_MAX_MEAN_NUMEL * len(tensors)
+
+
+def _check_options(
+    *, model: Any, stats_sync_every: Any, other_rule: str, other_momentum: float, foreach: Any
+) -> None:
+    """AdaAct's own keywords (those beside the per-group hyperparameters)."""
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(
+            f"Invalid model={type(model).__name__}: must be the nn.Module that owns the "
+            "parameters, e.g. AdaAct(model.parameters(), model=model), or None"
+        )
+    if not isinstance(stats_sync_every, int) or stats_sync_every < 1:
+        raise ValueError(f"Invalid stats_sync_every={stats_sync_every!r}: must be an int >= 1")
+    if other_rule not in OTHER_RULES:
+        raise ValueError(f"Invalid other_rule={other_rule!r}: must be one of {OTHER_RULES}")
+    if not 0.0 <= other_momentum < 1.0:
+        raise ValueError(f"Invalid other_momentum={other_momentum!r}: must be in [0, 1)")
+    if foreach not in (None, True, False):
+        raise ValueError(f"Invalid foreach={foreach!r}: must be None, True or False")
 
 
 def _check_hyperparameters(*, lr, betas, eps, weight_decay) -> None:

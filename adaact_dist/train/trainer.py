@@ -141,6 +141,8 @@ class Trainer:
 
     # -- construction ------------------------------------------------------------------
     def _build(self) -> None:
+        """Everything a start needs, in the order that lets a bad config fail before any
+        work: plan, run directory check, data, resume point, engine, then the state."""
         config = self.config
         check_model_name(config)
         self.plan = make_plan(config, self.world_size, device=self.device)
@@ -155,6 +157,24 @@ class Trainer:
             self.world_size, self.plan.micro_batch_size, self.plan.accumulation_steps,
             self.plan.lr, self.plan.lr_scale,
         )  # fmt: skip
+        self._build_data()
+        warmup_steps = self._warmup_steps()
+        self._check_noise_scale()
+        point = self._find_resume_point()
+        self._build_engine()
+        self._build_step_parts(warmup_steps)
+        self.state = TrainerState()
+        self._pending_rng = None
+        self.resumed_from = self._resume(point) if point is not None else None
+        self._record_start(record, changed)
+        self.metrics = self._metrics_writer()
+        self._stop_requested = False
+        self._stop_signal: int | None = None
+        self.watchdog: HangWatchdog | None = None  # run() starts it, when configured
+
+    def _build_data(self) -> None:
+        """Loaders, and the run's length in steps and epochs that follows from them."""
+        config = self.config
         self.loaders = build_loaders(
             config, self.plan, rank=self.rank, world_size=self.world_size, device=self.device
         )
@@ -170,8 +190,11 @@ class Trainer:
             config.schedule.max_steps or config.schedule.epochs * self.steps_per_epoch
         )
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        warmup_steps = self._warmup_steps()
-        self._check_noise_scale()
+
+    def _find_resume_point(self) -> ResumePoint | None:
+        """The checkpoint to continue from (``checkpoint.resume``), before the engine exists:
+        a universal checkpoint changes how DeepSpeed must be configured."""
+        config = self.config
         self.checkpoints = CheckpointManager(
             self.run_dir / "checkpoints",
             keep_last=config.checkpoint.keep_last,
@@ -188,7 +211,11 @@ class Trainer:
         )
         if point is not None and point.universal is not None:
             self.ds_config.setdefault("checkpoint", {})["load_universal"] = True
-        self._build_engine()
+        return point
+
+    def _build_step_parts(self, warmup_steps: int) -> None:
+        """The lr schedule, batch mixing, loss and erasing of each step; per-rank RNG."""
+        config = self.config
         self.schedule = LRSchedule(
             peak_lr=self.plan.lr,
             total_steps=self.total_steps,
@@ -202,12 +229,12 @@ class Trainer:
         self.random_erasing = build_random_erasing(config, self.device)
         # Augmentation and drop-path differ per rank.
         seed_all(derive_seed(config.run.seed, "global-rng", rank=self.rank))
-        self.state = TrainerState()
-        self._pending_rng = None
-        self.resumed_from = self._resume(point) if point is not None else None
-        if self.rank == 0:  # built and resumed: this start counts
+
+    def _record_start(self, record: RunRecord, changed: dict) -> None:
+        """Built and resumed: this start counts (rank 0 writes the run record)."""
+        if self.rank == 0:
             record.record_start(
-                config,
+                self.config,
                 world_size=self.world_size,
                 launcher=self.job.launcher,
                 plan=self.plan.as_dict(),
@@ -220,19 +247,18 @@ class Trainer:
                 self.run_dir,
                 ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items()),
             )
-        self.metrics = (
-            MetricsWriter(
-                self.run_dir,
-                tensorboard=config.logging.tensorboard,
-                resume_step=self.state.global_step if self.resumed_from else None,
-                noise_scale=bool(config.logging.noise_scale_every_steps),
-            )
-            if self.rank == 0
-            else NullMetricsWriter()
+
+    def _metrics_writer(self) -> MetricsWriter | NullMetricsWriter:
+        """Rank 0 writes the records; on resume, rows past the checkpoint are dropped."""
+        if self.rank != 0:
+            return NullMetricsWriter()
+        config = self.config
+        return MetricsWriter(
+            self.run_dir,
+            tensorboard=config.logging.tensorboard,
+            resume_step=self.state.global_step if self.resumed_from else None,
+            noise_scale=bool(config.logging.noise_scale_every_steps),
         )
-        self._stop_requested = False
-        self._stop_signal: int | None = None
-        self.watchdog: HangWatchdog | None = None  # run() starts it, when configured
 
     def _warmup_steps(self) -> int:
         """The warm-up in steps, which must leave at least one step after it."""
@@ -434,17 +460,24 @@ class Trainer:
 
     def _target_reached(self) -> bool:
         """Whether an evaluation at the current step reached ``run.target_top1``."""
+        target, last = self.config.run.target_top1, self.state.last_eval
+        return (
+            target is not None
+            and bool(last)
+            and last["step"] == self.state.global_step
+            and last["top1"] >= target
+        )
+
+    def _record_target(self, top1: float) -> None:
+        """The first evaluation at or above ``run.target_top1``: its step is the result."""
         target, state = self.config.run.target_top1, self.state
-        last = state.last_eval
-        if target is None or not last or last["step"] != state.global_step:
-            return False
-        if last["top1"] >= target and state.target_steps is None:
-            state.target_steps = state.global_step
-            self.log.info(
-                "validation top-1 %.2f%% reached the target %.2f%% after %d steps (%d images)",
-                last["top1"], target, state.global_step, state.images_seen,
-            )  # fmt: skip
-        return last["top1"] >= target
+        if target is None or top1 < target or state.target_steps is not None:
+            return
+        state.target_steps = state.global_step
+        self.log.info(
+            "validation top-1 %.2f%% reached the target %.2f%% after %d steps (%d images)",
+            top1, target, state.global_step, state.images_seen,
+        )  # fmt: skip
 
     def _batches(self, epoch: int) -> Iterator:
         loader = self.loaders.train
@@ -630,6 +663,7 @@ class Trainer:
             self.progress.write(message)
         else:
             self.log.info(message)
+        self._record_target(result.top1)
         return result
 
     def _save(self) -> None:
