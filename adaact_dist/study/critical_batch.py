@@ -25,7 +25,6 @@ alone, in a fixed order, so a study continues where it stopped and always plans 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -33,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adaact_dist.study.recipes import RUN_KEYS
-from adaact_dist.study.runner import SUMMARY, run_state
+from adaact_dist.study.runner import run_state
 from adaact_dist.train.optimizers import OPTIMIZERS
+from adaact_dist.train.run_summary import RunSummary
 
 GRID_FACTOR = 2.0
 """Ratio of neighbouring lrs in a grid."""
@@ -120,8 +120,8 @@ def read_outcome(run: CriticalRun) -> Outcome | None:
         return Outcome(run, None, None)
     if state != "finished":
         return None
-    summary = json.loads((run.run_dir / SUMMARY).read_text())
-    return Outcome(run, summary.get("target_steps"), summary.get("best_top1"))
+    summary = RunSummary.read(run.run_dir)
+    return Outcome(run, summary.target_steps, summary.best_top1)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ the means, which say how many of the seeds diverged.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from adaact_dist.study.recipes import RunSpec
 from adaact_dist.study.runner import run_state
 from adaact_dist.train.metrics import TRAIN_CSV
 from adaact_dist.train.plots import mean_activation_variance
+from adaact_dist.train.run_summary import RunSummary
 
 RESULT_FIELDS = (
     "task",
@@ -94,14 +94,14 @@ def read_result(spec: RunSpec) -> dict:
     }
     if row["status"] != "finished":
         return row
-    summary = json.loads((spec.run_dir / "summary.json").read_text())
+    summary = RunSummary.read(spec.run_dir)
     row.update(
-        final_top1=summary["final_top1"],
-        best_top1=summary["best_top1"],
-        best_epoch=summary["best_epoch"],
+        final_top1=summary.final_top1,
+        best_top1=summary.best_top1,
+        best_epoch=summary.best_epoch,
         final_train_loss=final_train_loss(spec.run_dir),
-        seconds_per_epoch=summary["train_time_s"] / summary["epochs_done"],
-        images_per_s=summary["images_per_s"],
+        seconds_per_epoch=summary.train_time_s / summary.epochs_done,
+        images_per_s=summary.images_per_s,
         activation_variance=activation_variance(spec.run_dir),
     )
     return row

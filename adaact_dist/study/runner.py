@@ -12,7 +12,6 @@ recipe stops the study at once instead of mixing two recipes in one table.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -25,9 +24,9 @@ from pathlib import Path
 from adaact_dist.study.recipes import RunSpec
 from adaact_dist.train.config_io import ConfigError, load_config
 from adaact_dist.train.run_record import RunRecord
+from adaact_dist.train.run_summary import RunSummary, StopReason
 
 TRAINER_MODULE = "adaact_dist.train"
-SUMMARY = "summary.json"
 LOG = "train.log"
 FINAL_STATES = ("finished", "diverged")
 _LAUNCHER_ENV = (
@@ -45,12 +44,11 @@ _LAUNCHER_ENV = (
 
 def run_state(run_dir: Path) -> str:
     """``finished``, ``diverged`` (both final), ``incomplete`` (started) or ``new``."""
-    summary = run_dir / SUMMARY
-    if summary.is_file():
-        record = json.loads(summary.read_text())
-        if record.get("finished"):
+    if RunSummary.exists(run_dir):
+        summary = RunSummary.read(run_dir)
+        if summary.finished:
             return "finished"
-        if record.get("stop_reason") == "diverged":
+        if summary.stop_reason == StopReason.DIVERGED:
             return "diverged"
         return "incomplete"
     return "incomplete" if run_dir.is_dir() else "new"

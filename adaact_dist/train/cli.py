@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
 
     from adaact_dist.train.logger import get_logger
+    from adaact_dist.train.run_summary import StopReason
     from adaact_dist.train.trainer import TrainingDiverged, train
 
     log = get_logger()
@@ -94,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         log.error("%s", error)
         return EXIT_FAILED
-    return EXIT_OK if summary["stop_reason"] != "error" else EXIT_FAILED
+    return EXIT_FAILED if summary.stop_reason == StopReason.ERROR else EXIT_OK

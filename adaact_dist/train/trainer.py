@@ -10,7 +10,6 @@ written, then a clean exit).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import resource
@@ -25,7 +24,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from adaact_dist._files import atomic_write_text
 from adaact_dist._seeds import derive_seed
 from adaact_dist.distributed import HangWatchdog, bound_engine_collectives
 from adaact_dist.train.activations import ActivationProbe, input_second_moments
@@ -55,10 +53,10 @@ from adaact_dist.train.plan import make_plan
 from adaact_dist.train.plots import plot_run
 from adaact_dist.train.resume import ResumePoint, choose_resume_point
 from adaact_dist.train.run_record import RunRecord
+from adaact_dist.train.run_summary import RunSummary, StopReason
 from adaact_dist.train.schedule import LRSchedule
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-SUMMARY = "summary.json"
 
 
 class TrainingDiverged(RuntimeError):
@@ -382,7 +380,7 @@ class Trainer:
         )
 
     # -- the loop and its decisions ----------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunSummary:
         """Train to the end (or to a stop); return the summary written to ``summary.json``."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         self.progress = Progress(
@@ -393,12 +391,12 @@ class Trainer:
         hang = self.config.distributed.hang_timeout_s
         self.watchdog = HangWatchdog(hang) if hang else None
         started = time.perf_counter()
-        reason = "error"  # an exception other than divergence: no more collectives
+        reason = StopReason.ERROR  # an exception other than divergence: no more collectives
         try:
             with self.progress.redirect_logging(self.log):
                 reason = self._train()
         except TrainingDiverged:
-            reason = "diverged"
+            reason = StopReason.DIVERGED
             raise
         finally:
             if self.watchdog is not None:
@@ -422,7 +420,7 @@ class Trainer:
         self._stop_requested = True
         self._stop_signal = signum
 
-    def _train(self) -> str:
+    def _train(self) -> StopReason:
         config, state = self.config, self.state
         for epoch in range(state.epoch, self.epochs):
             state.epoch = epoch
@@ -440,10 +438,10 @@ class Trainer:
             if config.checkpoint.enabled and (config.checkpoint.every_epoch or last or reached):
                 self._save()
             if reached:
-                return "target_reached"
+                return StopReason.TARGET_REACHED
             if self.rank == 0 and config.logging.plots:
                 self._plot()
-        return "completed"
+        return StopReason.COMPLETED
 
     def _steps_in(self, epoch: int) -> int:
         """Optimizer steps of ``epoch``: a whole epoch, or what ``schedule.max_steps`` leaves."""
@@ -498,7 +496,7 @@ class Trainer:
             self._pending_rng = None
         return iterator
 
-    def _train_epoch(self, epoch: int) -> str | None:
+    def _train_epoch(self, epoch: int) -> StopReason | None:
         """Steps to the epoch's end; a stop reason if the run stops inside it."""
         config, state = self.config, self.state
         batches = self._batches(epoch)
@@ -520,7 +518,7 @@ class Trainer:
                 if self._target_reached():
                     if config.checkpoint.enabled:
                         self._save()
-                    return "target_reached"
+                    return StopReason.TARGET_REACHED
             every = config.checkpoint.every_steps
             # At an epoch's end the epoch checkpoint follows its evaluation instead.
             epoch_end = (
@@ -563,14 +561,14 @@ class Trainer:
                 }
             )
 
-    def _stop(self, requested: bool) -> str:
+    def _stop(self, requested: bool) -> StopReason:
         """A signal or ``run.stop_after_steps``: checkpoint, then end the run cleanly."""
         if requested:
             name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal"
             self.log.warning("Stop requested (%s on some rank): checkpointing", name)
         if self.config.checkpoint.enabled:
             self._save()
-        return "preempted" if requested else "stop_after_steps"
+        return StopReason.PREEMPTED if requested else StopReason.STOP_AFTER_STEPS
 
     def _prepare(self, batch):
         images, labels = batch
@@ -700,63 +698,62 @@ class Trainer:
             self.log.warning("Plotting failed: %s", error)
             return []
 
-    def _finish(self, reason: str, wall_s: float) -> dict[str, Any]:
+    def _finish(self, reason: StopReason, wall_s: float) -> RunSummary:
         state = self.state
         peak = _peak_memory_mb(self.device)
-        if self.world_size > 1 and reason != "error":  # every rank got here: reduce
+        if self.world_size > 1 and reason != StopReason.ERROR:  # every rank got here: reduce
             tensor = torch.tensor([peak], dtype=torch.float64, device=self.device)
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             peak = float(tensor.item())
         best = self.checkpoints.best()
-        summary = {
-            "name": self.config.run.name,
-            "finished": reason in ("completed", "target_reached"),
-            "stop_reason": reason,
-            "optimizer": self.config.optim.name,
-            "model": self.config.model.name,
-            "world_size": self.world_size,
-            "plan": self.plan.as_dict(),
-            "epochs": self.epochs,
-            "epochs_done": state.epoch,
-            "steps": state.global_step,
-            "total_steps": self.total_steps,
-            "best_top1": state.best_top1,
-            "best_epoch": state.best_epoch,
-            "final_top1": state.last_eval["top1"] if state.last_eval else None,
-            "final_top5": state.last_eval["top5"] if state.last_eval else None,
-            "final_eval_count": state.last_eval["count"] if state.last_eval else None,
-            "target_top1": self.config.run.target_top1,
-            "target_steps": state.target_steps,
-            "target_images": (
+        last_eval = state.last_eval or {}
+        summary = RunSummary(
+            name=self.config.run.name,
+            stop_reason=reason,
+            optimizer=self.config.optim.name,
+            model=self.config.model.name,
+            world_size=self.world_size,
+            plan=self.plan.as_dict(),
+            epochs=self.epochs,
+            epochs_done=state.epoch,
+            steps=state.global_step,
+            total_steps=self.total_steps,
+            best_top1=state.best_top1,
+            best_epoch=state.best_epoch,
+            final_top1=last_eval.get("top1"),
+            final_top5=last_eval.get("top5"),
+            final_eval_count=last_eval.get("count"),
+            target_top1=self.config.run.target_top1,
+            target_steps=state.target_steps,
+            target_images=(
                 None
                 if state.target_steps is None
                 else state.target_steps * self.plan.global_batch_size
             ),
-            "train_time_s": state.train_time_s,
-            "wall_time_s": wall_s,
-            "images_per_s": state.images_seen / state.train_time_s if state.train_time_s else None,
-            "peak_memory_mb": peak,
-            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-            "best_checkpoint": str(best.path) if best else None,
-            "run_dir": str(self.run_dir),
-        }
+            train_time_s=state.train_time_s,
+            wall_time_s=wall_s,
+            images_per_s=state.images_seen / state.train_time_s if state.train_time_s else None,
+            peak_memory_mb=peak,
+            resumed_from=str(self.resumed_from) if self.resumed_from else None,
+            best_checkpoint=str(best.path) if best else None,
+            run_dir=str(self.run_dir),
+        )
         if self.rank == 0:
-            atomic_write_text(self.run_dir / SUMMARY, json.dumps(summary, indent=1))
-            plots = self._plot() if self.config.logging.plots and reason != "error" else []
+            path = summary.write(self.run_dir)
+            plots = self._plot() if self.config.logging.plots and reason != StopReason.ERROR else []
             self.metrics.flush()
             where = f"; plots {plots[0].parent}" if plots else ""
-            if reason in ("completed", "target_reached"):
+            if summary.finished:
                 self.log.info(
                     "final validation top-1 %.1f%% (best %.1f%% at epoch %s); summary %s%s",
-                    summary["final_top1"], summary["best_top1"], summary["best_epoch"],
-                    self.run_dir / SUMMARY, where,
+                    summary.final_top1, summary.best_top1, summary.best_epoch, path, where,
                 )  # fmt: skip
             else:
-                last = summary["final_top1"]
+                last = summary.final_top1
                 self.log.info(
                     "stopped (%s) at step %d of %d; last validation top-1 %s; summary %s%s",
                     reason, state.global_step, self.total_steps,
-                    "none yet" if last is None else f"{last:.1f}%", self.run_dir / SUMMARY, where,
+                    "none yet" if last is None else f"{last:.1f}%", path, where,
                 )  # fmt: skip
         return summary
 
@@ -767,7 +764,7 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig) -> RunSummary:
     """Run ``config`` to completion on this process's rank; the summary on every rank."""
     trainer = None
     try:
