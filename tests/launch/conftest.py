@@ -76,6 +76,16 @@ def wait_for(
         time.sleep(0.1)
 
 
+def start_logged(command: list[str], log: Path) -> subprocess.Popen:
+    """``command`` from the repository root, its output in ``log``, in a session of its own
+    so that :func:`finish` can kill every process of a hung job."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=launch_env(), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
 def finish(process: subprocess.Popen, log: Path, deadline: float) -> int:
     """The job's exit status; past ``deadline`` it is killed (its whole session) as hung."""
     try:
@@ -107,12 +117,7 @@ def uninterrupted(tmp_path_factory, demo_data) -> dict:
     run_dir, log = folder / "run", folder / "torchrun.log"
     command = torchrun(*DEMO, *run_settings(run_dir, demo_data))
     deadline = time.monotonic() + HARD_TIMEOUT_S
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=launch_env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        status = finish(process, log, deadline)
+    status = finish(start_logged(command, log), log, deadline)
     assert status == 0, tail(log)
     result = summary(run_dir)
     assert result["finished"] and result["steps"] > INTERRUPT_AFTER, result

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -20,11 +19,10 @@ from tests.launch.conftest import (
     DEMO,
     HARD_TIMEOUT_S,
     INTERRUPT_AFTER,
-    ROOT,
     checkpoint_written,
     finish,
-    launch_env,
     run_settings,
+    start_logged,
     summary,
     tail,
     torchrun,
@@ -47,20 +45,16 @@ def test_killed_rank_is_recovered_by_the_first_restart(tmp_path, demo_data, unin
     run_dir, log = tmp_path / "run", tmp_path / "torchrun.log"
     command = torchrun(*DEMO, *run_settings(run_dir, demo_data), restarts=1)
     deadline = time.monotonic() + HARD_TIMEOUT_S
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=launch_env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        wait_for(
-            checkpoint_written(run_dir, INTERRUPT_AFTER),
-            f"checkpoint at step {INTERRUPT_AFTER}",
-            log,
-            deadline,
-            process,
-        )
-        os.kill(worker_of_rank(process.pid, 1), signal.SIGKILL)
-        status = finish(process, log, deadline)
+    process = start_logged(command, log)
+    wait_for(
+        checkpoint_written(run_dir, INTERRUPT_AFTER),
+        f"checkpoint at step {INTERRUPT_AFTER}",
+        log,
+        deadline,
+        process,
+    )
+    os.kill(worker_of_rank(process.pid, 1), signal.SIGKILL)
+    status = finish(process, log, deadline)
 
     assert status == 0, f"torchrun --max-restarts 1 did not recover:\n{tail(log)}"
     result = summary(run_dir)
