@@ -71,6 +71,12 @@ def wait_for_job(job: str, what: str, condition, log, deadline: float) -> dict[s
         time.sleep(0.2)
 
 
+def nodes_idle() -> bool:
+    """Every node has finished cleaning up after the last job (none is ``comp``leting)."""
+    states = slurm("sinfo", "--noheader", "--Node", "--format=%t").split()
+    return all(state.rstrip("*~#") == "idle" for state in states)
+
+
 def test_preempted_job_checkpoints_requeues_and_finishes_as_uninterrupted(
     cluster, tmp_path, demo_data, uninterrupted
 ):
@@ -88,14 +94,20 @@ def test_preempted_job_checkpoints_requeues_and_finishes_as_uninterrupted(
             job, "requeue",
             lambda f: int(f["Restarts"]) >= 1 and f["JobState"] == "PENDING", log, deadline,
         )  # fmt: skip
-        slurm("scontrol", "update", f"JobId={job}", "StartTime=now")  # skip the requeue delay
+        # Skip the requeue delay, but only once the node has ended the first attempt's batch
+        # step. Without that wait CI once saw the second attempt end FAILED before printing a
+        # line, most likely the first attempt's late completion taken for the second's; on a
+        # real cluster the delay keeps the two apart.
+        wait_for_job(job, "the first attempt's cleanup", lambda _: nodes_idle(), log, deadline)
+        slurm("scontrol", "update", f"JobId={job}", "StartTime=now")
         fields = wait_for_job(job, "end", lambda f: f["JobState"] in ENDED, log, deadline)
     finally:
         if job_fields(job)["JobState"] not in ENDED:
             subprocess.run(["scancel", job], timeout=60)
 
     output = log.read_text()
-    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", (fields, tail(log))
+    state = {key: fields[key] for key in ("JobState", "Reason", "ExitCode", "Restarts")}
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, tail(log))
     assert f"requeueing job {job}" in output
     result = summary(run_dir)
     assert result["finished"], result
