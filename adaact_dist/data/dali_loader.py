@@ -45,7 +45,7 @@ from adaact_dist.data.partition import (
     rank_range,
 )
 from adaact_dist.data.rank_loader import RankLoader
-from adaact_dist.data.shardset import ShardSet, load_index, usable_entries
+from adaact_dist.data.shardset import ShardSet
 from adaact_dist.data.tar_index import LABEL_EXT, IndexEntry, format_index
 
 __all__ = ["DaliLoader"]
@@ -104,13 +104,8 @@ class DaliLoader(RankLoader):
         # DALI's source_info of a stand-in's label -> what to log when it is skipped.
         self._stand_ins: dict[str, str] = {}
         self._index_paths = [self._index_for(i) for i in range(len(shardset.shards))]
-        self._epoch = 0
 
     # -- index files -------------------------------------------------------------------------
-
-    def _entries(self, shard: int) -> list[IndexEntry]:
-        s = self.shardset.shards[shard]
-        return usable_entries(load_index(s.path, s.index_path))
 
     def _index_for(self, shard: int) -> str:
         """The index DALI reads: the shard's own, or a rewritten one in the temporary directory
@@ -122,7 +117,7 @@ class DaliLoader(RankLoader):
         s = self.shardset.shards[shard]
         if s.index_path is not None and not s.incomplete and shard not in self._replaced:
             return str(s.index_path)
-        entries = self._entries(shard)
+        entries = self.shardset.shards[shard].entries()
         for bad, good in self._replaced.get(shard, {}).items():
             entries[bad] = IndexEntry(entries[bad].key, entries[good].members)
         path = self._tmpdir / f"{shard:06d}-{len(self._replaced.get(shard, {}))}.idx"
@@ -193,7 +188,7 @@ class DaliLoader(RankLoader):
             if i in self._replaced.get(shard, {}):
                 continue
             if shard not in entries:
-                entries[shard] = self._entries(shard)
+                entries[shard] = self.shardset.shards[shard].entries()
             todo.append((shard, i))
 
         def check(item: tuple[int, int]) -> tuple[int, int, str] | None:
@@ -271,7 +266,7 @@ class DaliLoader(RankLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.cfg
-        epoch = self._epoch
+        epoch = self.epoch
         start, stop = rank_batch_range(
             self.shardset.total,
             rank=cfg.rank,
@@ -312,11 +307,3 @@ class DaliLoader(RankLoader):
                     yield images, labels.to(self._out_device, non_blocking=True)
         finally:
             pipe = None
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's seeded shard order, shuffle and augmentation (call before iter)."""
-        self._epoch = int(epoch)

@@ -31,7 +31,7 @@ from adaact_dist._seeds import derive_seed
 from adaact_dist.data.config import LoaderConfig
 from adaact_dist.data.images import BadSampleError, decode_jpeg, parse_label
 from adaact_dist.data.rank_loader import RankLoader
-from adaact_dist.data.shardset import ShardSet, load_index, usable_entries
+from adaact_dist.data.shardset import ShardSet
 from adaact_dist.data.transforms import BatchNormalizer, build_transform
 
 __all__ = ["MemoryLoader", "random_resized_crop_grid"]
@@ -45,7 +45,7 @@ _CROP_TRIES = 10
 def _read_split(shardset: ShardSet) -> Iterator[tuple[bytes, bytes, str, str]]:
     """``(image bytes, label bytes, shard path, key)`` of every usable sample, stored order."""
     for shard in shardset.shards:
-        entries = usable_entries(load_index(shard.path, shard.index_path))
+        entries = shard.entries()
         with open(shard.path, "rb") as handle:
             for entry in entries:
                 payload = []
@@ -121,7 +121,6 @@ class MemoryLoader(RankLoader):
             )
         self._total = shardset.total
         super().__init__(cfg, shardset)
-        self.epoch = 0
         self._normalize = BatchNormalizer(cfg.mean, cfg.std, cfg.device, cfg.channels_last)
         self.images, self.labels = self._load(cfg, shardset)
         # Bad samples are dropped at load: batches and counts follow the samples kept.
@@ -183,10 +182,6 @@ class MemoryLoader(RankLoader):
     def total_samples(self) -> int:
         """Usable samples in the split (bad ones, found at load, are not counted)."""
         return self._total
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's permutation and augmentation (call before iterating)."""
-        self.epoch = int(epoch)
 
     def _order(self) -> torch.Tensor:
         cfg = self.cfg

@@ -1,6 +1,8 @@
-"""What every backend shares: one rank's slice of a shard set."""
+"""What every backend shares: one rank's slice of a split, and the epoch it is in."""
 
 from __future__ import annotations
+
+import multiprocessing
 
 from adaact_dist.data.config import LoaderConfig
 from adaact_dist.data.partition import num_batches, rank_batch_range
@@ -8,15 +10,26 @@ from adaact_dist.data.shardset import ShardSet
 
 
 class RankLoader:
-    """Batch count and sample counts of one rank, from :attr:`total_samples`; backends add
-    iteration and epochs."""
+    """Batch count and sample counts of one rank, from :attr:`total_samples`, and the epoch
+    that :meth:`set_epoch` selects; backends add iteration."""
 
     def __init__(self, cfg: LoaderConfig, shardset: ShardSet) -> None:
         self.cfg = cfg
         self.shardset = shardset
         self.num_skipped = 0
         """Bad samples skipped by this rank so far (all epochs)."""
+        # In shared memory, so that persistent worker processes (wds) see set_epoch().
+        self._epoch = multiprocessing.Value("q", 0, lock=False)
         self._count_batches()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch selected by :meth:`set_epoch` (0 before the first call)."""
+        return int(self._epoch.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's seeded order and augmentation; call before iterating."""
+        self._epoch.value = int(epoch)
 
     def _count_batches(self) -> None:
         """Batches per epoch; a backend whose usable samples change (found bad at load)

@@ -35,6 +35,12 @@ class Shard:
     """Usable samples (with both an image and a label member)."""
     incomplete: tuple[str, ...] = ()
 
+    def entries(self) -> list[IndexEntry]:
+        """The samples every backend reads, in stored order: those with both an image and a
+        label member (the others are in :attr:`incomplete`)."""
+        entries = load_index(self.path, self.index_path)
+        return [e for e in entries if e.image is not None and e.label is not None]
+
 
 @dataclass(frozen=True)
 class ShardSet:
@@ -69,11 +75,6 @@ def _index_count(index_path: Path) -> int:
     if len(header) != 2 or not header[1].isdigit():
         raise ValueError(f"Invalid index file {index_path}: first line must be '<version> <count>'")
     return int(header[1])
-
-
-def usable_entries(entries: list[IndexEntry]) -> list[IndexEntry]:
-    """The entries both loaders read: samples with an image and a label member."""
-    return [e for e in entries if e.image is not None and e.label is not None]
 
 
 def _find_manifest(path: Path, split: str) -> Path | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing
 import random
 import signal
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from adaact_dist.data.partition import (
     worker_sample_range,
 )
 from adaact_dist.data.rank_loader import RankLoader
-from adaact_dist.data.shardset import ShardSet, load_index, usable_entries
+from adaact_dist.data.shardset import ShardSet
 from adaact_dist.data.transforms import BatchNormalizer, build_transform
 
 __all__ = ["WdsLoader"]
@@ -67,8 +66,8 @@ class _ShardStream(IterableDataset):
     def __init__(self, cfg: LoaderConfig, shardset: ShardSet, transform, epoch) -> None:
         super().__init__()
         self.cfg = cfg
+        self.shards = shardset.shards
         self.paths = [str(s.path) for s in shardset.shards]
-        self.index_paths = [s.index_path for s in shardset.shards]
         self.counts = shardset.counts
         self.num_classes = shardset.num_classes
         self.transform = transform
@@ -78,7 +77,7 @@ class _ShardStream(IterableDataset):
         """Raw samples at global positions ``[start, stop)`` (``stop=None``: wrap forever)."""
         positions = iter_positions(order, self.counts, start, stop)
         for shard, run in itertools.groupby(positions, key=lambda p: p[0]):
-            entries = usable_entries(load_index(self.paths[shard], self.index_paths[shard]))
+            entries = self.shards[shard].entries()
             if len(entries) != self.counts[shard]:
                 raise RuntimeError(
                     f"Shard {self.paths[shard]} changed since the loader started: "
@@ -190,7 +189,6 @@ class WdsLoader(RankLoader):
             mean=cfg.mean,
             std=cfg.std,
         )
-        self._epoch = multiprocessing.Value("q", 0, lock=False)
         self.dataset = _ShardStream(cfg, shardset, transform, self._epoch)
         workers = cfg.num_workers
         self._loader = DataLoader(
@@ -203,14 +201,6 @@ class WdsLoader(RankLoader):
             worker_init_fn=_ignore_sigterm,
         )
         self._normalize = BatchNormalizer(cfg.mean, cfg.std, cfg.device, cfg.channels_last)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.value)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's seeded shard order, shuffle and augmentation (call before iter)."""
-        self._epoch.value = int(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.cfg.device
