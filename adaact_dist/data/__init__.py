@@ -1,4 +1,4 @@
-"""Data: ImageNet as webdataset shards, the two loaders over them, Mixup, and the demo data.
+"""Data: ImageNet as webdataset shards, the loaders over them, Mixup, and the demo data.
 
 What the trainer uses from here::
 
@@ -17,7 +17,8 @@ What the trainer uses from here::
             images, targets = mixup(images, labels)
 
 Shards are written by ``adaact-make-shards`` (:mod:`adaact_dist.data.shard_writer`); the demo
-digits by :func:`ensure_digits_shards`. DALI is imported only when ``backend="dali"``.
+digits by :func:`ensure_digits_shards`. DALI is imported only when ``backend="dali"``;
+``backend="synthetic"`` reads no shards (generated batches, for benchmarks and smoke tests).
 """
 
 from adaact_dist.data.config import LoaderConfig

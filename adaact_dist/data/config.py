@@ -1,4 +1,4 @@
-"""Validated options of :func:`adaact_dist.data.create_loader`, shared by both backends."""
+"""Validated options of :func:`adaact_dist.data.create_loader`, shared by every backend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from adaact_dist.data import defaults
 
 __all__ = ["BACKENDS", "LoaderConfig"]
 
-BACKENDS = ("wds", "dali", "memory")
+BACKENDS = ("wds", "dali", "memory", "synthetic")
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
@@ -24,13 +24,20 @@ class LoaderConfig:
     """
 
     backend: str
-    """``"wds"`` (webdataset + timm transforms), ``"dali"`` (NVIDIA DALI pipeline) or
-    ``"memory"`` (the split decoded once into memory, batched crop and flip)."""
+    """``"wds"`` (webdataset + timm transforms), ``"dali"`` (NVIDIA DALI pipeline),
+    ``"memory"`` (the split decoded once into memory, batched crop and flip) or ``"synthetic"``
+    (class patterns plus noise, made on ``device``; no shards)."""
     split: str
     """Split name; ``"train"`` selects training augmentation, shuffling and ``drop_last``."""
-    shards: str | os.PathLike | Sequence[str | os.PathLike]
+    shards: str | os.PathLike | Sequence[str | os.PathLike] | None = None
     """Data set root (holding ``<split>/manifest.json``), split directory, manifest file, brace
-    pattern (``/data/train-{000000..001023}.tar``) or list of tar files."""
+    pattern (``/data/train-{000000..001023}.tar``) or list of tar files; ``None`` for the
+    synthetic backend."""
+    synthetic_samples: int | None = None
+    """Synthetic backend only: the split's size over all ranks."""
+    synthetic_classes: int | None = None
+    """Synthetic backend only: its number of classes (the others read theirs from the
+    manifest)."""
     batch_size: int
     """Samples per batch on this rank."""
     rank: int = 0
@@ -87,6 +94,7 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"Invalid backend={self.backend!r}: must be one of {BACKENDS}")
+        self._check_source()
         for name in ("batch_size", "world_size", "image_size", "shuffle_buffer", "prefetch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -127,3 +135,33 @@ class LoaderConfig:
             self.shuffle = self.split == "train"
         if self.drop_last is None:
             self.drop_last = self.split == "train"
+
+    def _check_source(self) -> None:
+        """Shards for the shard backends, a size and classes for the synthetic one; a field
+        of the other kind is refused, not ignored."""
+        synthetic = ("synthetic_samples", "synthetic_classes")
+        if self.backend != "synthetic":
+            if self.shards is None:
+                raise ValueError(
+                    f"Invalid shards=None: must be a shard path, pattern or list for the "
+                    f"{self.backend} backend"
+                )
+            for name in synthetic:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"Invalid {name}={getattr(self, name)!r}: must be None for the "
+                        f"{self.backend} backend (it is for the synthetic one)"
+                    )
+            return
+        if self.shards is not None:
+            raise ValueError(
+                f"Invalid shards={self.shards!r}: must be None for the synthetic backend, "
+                "which reads no shards"
+            )
+        for name, least in zip(synthetic, (1, 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(
+                    f"Invalid {name}={value!r}: must be an integer >= {least} for the synthetic "
+                    "backend"
+                )

@@ -15,7 +15,7 @@ __all__ = ["ShardLoader", "create_loader"]
 
 @runtime_checkable
 class ShardLoader(Protocol):
-    """What both backends return.
+    """What every backend returns.
 
     Iterating yields ``(images, labels)``: ``images`` float32 ``(N, 3, H, W)`` normalised, on
     ``device`` (channels-last memory format if asked), ``labels`` int64 ``(N,)`` on ``device``.
@@ -46,12 +46,13 @@ class ShardLoader(Protocol):
 
     @property
     def num_classes(self) -> int | None:
-        """From the manifest; ``None`` for shards given without one."""
+        """From the manifest (synthetic: ``synthetic_classes``); ``None`` for shards given
+        without a manifest."""
         ...
 
 
 def create_loader(config: LoaderConfig) -> ShardLoader:
-    """Build this rank's loader over webdataset shards.
+    """Build this rank's loader over webdataset shards, or over synthetic data.
 
     Every option, with its default, is a field of :class:`LoaderConfig`; the transform
     defaults are the timm A2 recipe of "ResNet strikes back" at 224 px: RandomResizedCrop
@@ -64,7 +65,9 @@ def create_loader(config: LoaderConfig) -> ShardLoader:
         processes; ``"dali"`` runs ``fn.readers.webdataset`` and DALI operators on
         ``num_workers`` threads, with "mixed" GPU decoding when ``device`` is CUDA;
         ``"memory"`` decodes the split once onto ``device`` and crops and flips whole batches
-        (no RandAugment, no workers): for data sets that fit in memory.
+        (no RandAugment, no workers): for data sets that fit in memory; ``"synthetic"`` reads
+        no shards: it makes ``synthetic_samples`` images of ``synthetic_classes`` class patterns
+        plus noise on ``device`` (no transforms), for benchmarks and smoke tests.
 
     Epochs and ranks:
         Call ``loader.set_epoch(epoch)`` before each epoch. The shards are visited in an order
@@ -97,6 +100,10 @@ def create_loader(config: LoaderConfig) -> ShardLoader:
     """
     if not isinstance(config, LoaderConfig):
         raise TypeError(f"Invalid config={config!r}: must be a LoaderConfig")
+    if config.backend == "synthetic":
+        from adaact_dist.data.synthetic import SyntheticLoader
+
+        return SyntheticLoader(config)
     shardset = resolve_shards(config.shards, split=config.split, strict=config.strict)
     if config.backend == "memory":
         from adaact_dist.data.memory_loader import MemoryLoader

@@ -13,7 +13,9 @@ class RankLoader:
     """Batch count and sample counts of one rank, from :attr:`total_samples`, and the epoch
     that :meth:`set_epoch` selects; backends add iteration."""
 
-    def __init__(self, cfg: LoaderConfig, shardset: ShardSet) -> None:
+    def __init__(self, cfg: LoaderConfig, shardset: ShardSet | None) -> None:
+        """``shardset`` is ``None`` for a backend that reads no shards (synthetic), which then
+        gives its own :attr:`total_samples` and :attr:`num_classes`."""
         self.cfg = cfg
         self.shardset = shardset
         self.num_skipped = 0
@@ -71,8 +73,10 @@ class RankLoader:
     @property
     def total_samples(self) -> int:
         """Usable samples in the split, all ranks together."""
+        assert self.shardset is not None, "a backend without shards gives its own count"
         return self.shardset.total
 
     @property
     def num_classes(self) -> int | None:
+        assert self.shardset is not None, "a backend without shards gives its own classes"
         return self.shardset.num_classes

@@ -1,29 +1,28 @@
-"""The run's training and validation loaders: shards through ``adaact_dist.data``, or synthetic."""
+"""The run's training and validation loaders, through :func:`adaact_dist.data.create_loader`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from adaact_dist.train.config import ConfigValueError, TrainConfig
 from adaact_dist.train.plan import RunPlan
-from adaact_dist.train.synthetic import SyntheticLoader
 
 if TYPE_CHECKING:
-    from adaact_dist.data import LoaderConfig
+    from adaact_dist.data import LoaderConfig, ShardLoader
 
 
 @dataclass
 class Loaders:
     """Both splits for this rank; ``val_total`` is the split size over all ranks."""
 
-    train: Any
-    val: Any
-    val_total: int | None
+    train: ShardLoader
+    val: ShardLoader
+    val_total: int
 
 
 def shard_root(config: TrainConfig, rank: int) -> str | None:
@@ -49,31 +48,7 @@ def build_loaders(
     config: TrainConfig, plan: RunPlan, *, rank: int, world_size: int, device: torch.device
 ) -> Loaders:
     data = config.data
-    if data.backend == "synthetic":
-        common = dict(
-            num_classes=config.model.num_classes,
-            image_size=data.image_size,
-            rank=rank,
-            world_size=world_size,
-            seed=config.run.seed,
-            device=device,
-            channels_last=config.model.channels_last,
-        )
-        train = SyntheticLoader(
-            split="train",
-            num_samples=data.synthetic_train_samples,
-            batch_size=plan.micro_batch_size,
-            **common,
-        )
-        val = SyntheticLoader(
-            split="val",
-            num_samples=data.synthetic_val_samples,
-            batch_size=plan.eval_batch_size,
-            **common,
-        )
-        return Loaders(train=train, val=val, val_total=data.synthetic_val_samples)
-
-    root = shard_root(config, rank)
+    root = None if data.backend == "synthetic" else shard_root(config, rank)
     where = dict(shards=root, rank=rank, world_size=world_size, device=device)
     train = _open_split(
         loader_config(
@@ -85,7 +60,7 @@ def build_loaders(
             config, split=data.val_split, training=False, batch_size=plan.eval_batch_size, **where
         )
     )
-    classes = getattr(train, "num_classes", None)
+    classes = train.num_classes
     if classes is not None and classes != config.model.num_classes:
         raise ConfigValueError(
             "model.num_classes", config.model.num_classes, f"{classes}, the classes of {root}"
@@ -93,11 +68,13 @@ def build_loaders(
     return Loaders(train=train, val=val, val_total=val.total_samples)
 
 
-def _open_split(options: LoaderConfig) -> Any:
+def _open_split(options: LoaderConfig) -> ShardLoader:
     """The split's loader; a data root that cannot give it is a config error that says how
     to write the shards, not a traceback."""
     from adaact_dist.data import create_loader
 
+    if options.backend == "synthetic":
+        return _open_synthetic(options)
     root, split = options.shards, options.split
     write = (
         f"write the shards with: python launch/make_shards.py --src IMAGE_FOLDER --out {root} "
@@ -121,13 +98,28 @@ def _open_split(options: LoaderConfig) -> Any:
         ) from None
 
 
+def _open_synthetic(options: LoaderConfig) -> ShardLoader:
+    """The synthetic split; too few samples for a batch on every rank is a config error."""
+    from adaact_dist.data import create_loader
+
+    try:
+        return create_loader(options)
+    except ValueError as error:
+        key = "train" if options.drop_last else "val"
+        raise ConfigValueError(
+            f"data.synthetic_{key}_samples",
+            options.synthetic_samples,
+            f"enough for a full batch on every rank ({error})",
+        ) from None
+
+
 def loader_config(
     config: TrainConfig,
     *,
     split: str,
     training: bool,
     batch_size: int,
-    shards: str,
+    shards: str | None,
     rank: int,
     world_size: int,
     device: torch.device,
@@ -137,15 +129,21 @@ def loader_config(
 
     ``training`` sets augmentation, shuffling and ``drop_last`` by the split's role, not by
     its name: a training split called anything but ``train`` must still give every rank the
-    same number of full batches.
+    same number of full batches. The synthetic backend takes its split's size and the model's
+    classes instead of ``shards``.
     """
     from adaact_dist.data import LoaderConfig
 
     data, aug = config.data, config.augmentation
+    synthetic = {}
+    if data.backend == "synthetic":
+        samples = data.synthetic_train_samples if training else data.synthetic_val_samples
+        synthetic = dict(synthetic_samples=samples, synthetic_classes=config.model.num_classes)
     return LoaderConfig(
         backend=data.backend,
         split=split,
         shards=shards,
+        **synthetic,
         batch_size=batch_size,
         rank=rank,
         world_size=world_size,

@@ -633,7 +633,7 @@ class Trainer:
             channels_last=self.config.model.channels_last,
             input_dtype=self.input_dtype,
             expected_count=self.loaders.val_total,
-            count_skipped=(lambda: val.num_skipped) if hasattr(val, "num_skipped") else None,
+            count_skipped=lambda: val.num_skipped,
         )
         state = self.state
         if epoch_end:

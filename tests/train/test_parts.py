@@ -12,12 +12,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from adaact_dist.data import LoaderConfig, ShardLoader, create_loader
 from adaact_dist.train.checkpoint import CheckpointManager
 from adaact_dist.train.evaluate import evaluate
 from adaact_dist.train.job import fill_env, first_slurm_host
 from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter
 from adaact_dist.train.schedule import LRSchedule
-from adaact_dist.train.synthetic import SyntheticLoader
 
 
 def test_schedule_warms_up_linearly_then_cosines_to_min_lr():
@@ -50,11 +50,11 @@ class _Classifier(nn.Module):
         return self.linear(nn.functional.adaptive_avg_pool2d(x, 8).flatten(1))
 
 
-def _loader(total: int, rank: int, world: int) -> SyntheticLoader:
-    return SyntheticLoader(
-        split="val", num_samples=total, num_classes=7, batch_size=2, image_size=8,
-        rank=rank, world_size=world, seed=1,
-    )  # fmt: skip
+def _loader(total: int, rank: int, world: int) -> ShardLoader:
+    return create_loader(LoaderConfig(
+        backend="synthetic", split="val", synthetic_samples=total, synthetic_classes=7,
+        batch_size=2, image_size=8, rank=rank, world_size=world, seed=1,
+    ))  # fmt: skip
 
 
 SIZES = (7, 1, 12)  # odd, fewer samples than ranks, even
