@@ -10,10 +10,20 @@ import torch
 
 from adaact_dist.data import defaults
 
-__all__ = ["BACKENDS", "LoaderConfig"]
+__all__ = ["BACKENDS", "LoaderConfig", "num_workers_requirement"]
 
 BACKENDS = ("wds", "dali", "memory", "synthetic")
+"""The backends :func:`adaact_dist.data.create_loader` builds; the trainer's config reads it."""
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def num_workers_requirement(backend: str, num_workers: int) -> str | None:
+    """What ``num_workers`` must be for ``backend`` (the words after "must be") when it is not,
+    else ``None``. DALI runs its pipeline on ``num_workers`` CPU threads, so it needs one; the
+    trainer's config checks here too, to refuse the value before any loader is built."""
+    if backend == "dali" and num_workers < 1:
+        return ">= 1 with the dali backend (its pipeline's CPU threads)"
+    return None
 
 
 @dataclass(kw_only=True)
@@ -103,8 +113,9 @@ class LoaderConfig:
             raise ValueError(f"Invalid rank={self.rank!r}: must be in [0, {self.world_size})")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"Invalid num_workers={self.num_workers!r}: must be >= 0")
-        if self.backend == "dali" and self.num_workers < 1:
-            raise ValueError(f"Invalid num_workers={self.num_workers}: DALI needs >= 1 thread")
+        requirement = num_workers_requirement(self.backend, self.num_workers)
+        if requirement is not None:
+            raise ValueError(f"Invalid num_workers={self.num_workers}: must be {requirement}")
         self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)  # lists taken as well
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if not 0.0 < self.crop_pct <= 1.0:

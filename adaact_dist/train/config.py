@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from adaact_dist.data import defaults as transform_defaults
+from adaact_dist.data.config import BACKENDS, num_workers_requirement
 from adaact_dist.train.optimizers import OPTIMIZERS
 
 
@@ -107,9 +108,10 @@ class DataConfig(_Section):
 
     SECTION: ClassVar[str] = "data"
 
-    backend: Literal["wds", "dali", "memory", "synthetic"] = "wds"
-    """``wds`` (webdataset + timm transforms), ``dali``, ``memory`` (a small split decoded once
-    into memory; crop and flip only), or ``synthetic`` random batches."""
+    backend: str = "wds"
+    """A name of :data:`~adaact_dist.data.config.BACKENDS`: ``wds`` (webdataset + timm
+    transforms), ``dali``, ``memory`` (a small split decoded once into memory; crop and flip
+    only), or ``synthetic`` random batches."""
     root: str | None = None
     """Shard root holding ``<split>/manifest.json``; with ``builtin``, the cache directory
     (null: ``$ADAACT_CACHE`` or ``~/.cache/adaact-dist``)."""
@@ -140,6 +142,9 @@ class DataConfig(_Section):
 
     def __post_init__(self) -> None:
         self._require(
+            "backend", self.backend in BACKENDS, "one of " + ", ".join(map(repr, BACKENDS))
+        )
+        self._require(
             "root",
             self.backend == "synthetic" or self.builtin is not None or bool(self.root),
             "a shard directory (the one holding train/ and val/ with their manifest.json)",
@@ -154,11 +159,8 @@ class DataConfig(_Section):
         )
         self._require("max_micro_batch_size", self.max_micro_batch_size >= 1, ">= 1")
         self._require("num_workers", self.num_workers >= 0, ">= 0")
-        self._require(
-            "num_workers",
-            self.backend != "dali" or self.num_workers >= 1,
-            ">= 1 with the dali backend (its pipeline's CPU threads)",
-        )
+        workers = num_workers_requirement(self.backend, self.num_workers)
+        self._require("num_workers", workers is None, str(workers))
         self._require(
             "num_workers",
             self.backend != "memory" or self.num_workers == 0,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from adaact_dist.data import LoaderConfig
+from adaact_dist.data.config import BACKENDS
 from adaact_dist.train.components import check_model_name
-from adaact_dist.train.config import ConfigValueError, TrainConfig
+from adaact_dist.train.config import ConfigValueError, DataConfig, TrainConfig
 from adaact_dist.train.config_io import (
     ConfigError,
     ConfigTypeError,
@@ -63,6 +65,16 @@ def test_wrong_type_is_a_type_error_and_impossible_value_a_value_error(tmp_path)
         load_config(None, ["data.backend=synthetic", "optim.lr=0"])
     assert not isinstance(caught.value, TypeError)
     assert "in --set optim.lr=0" in str(caught.value)
+
+
+def test_the_backends_and_their_worker_rule_are_the_data_packages():
+    for backend in BACKENDS:
+        assert DataConfig(backend=backend, root="/shards", num_workers=int(backend != "memory"))
+    with pytest.raises(ConfigValueError) as trainer:
+        DataConfig(backend="dali", root="/shards", num_workers=0)
+    with pytest.raises(ValueError) as loader:
+        LoaderConfig(backend="dali", split="train", shards="/shards", batch_size=2, num_workers=0)
+    assert str(trainer.value).partition(": ")[2] == str(loader.value).partition(": ")[2]
 
 
 def test_cli_overrides_beat_yaml_which_beats_defaults(tmp_path):
