@@ -291,14 +291,7 @@ def write_shards(
         The manifest written to ``<out>/<split>/manifest.json`` (and copied into
         ``<out>/_info.json``).
     """
-    if not _SPLIT_RE.match(split):
-        raise ValueError(f"Invalid split={split!r}: use letters, digits, '_' and '-'")
-    if shard_size < 1:
-        raise ValueError(f"Invalid shard_size={shard_size}: must be >= 1")
-    if workers < 1:
-        raise ValueError(f"Invalid workers={workers}: must be >= 1")
-    if not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"Invalid jpeg_quality={jpeg_quality}: must be in [1, 100]")
+    _check_arguments(split, shard_size=shard_size, workers=workers, jpeg_quality=jpeg_quality)
     src, out_dir = Path(src).resolve(), Path(out) / split
     sources = scan(
         src,
@@ -309,44 +302,117 @@ def write_shards(
         sources, split=split, seed=seed, shard_size=shard_size, jpeg_quality=jpeg_quality
     )
     _prepare_out_dir(out_dir, plan_digest, overwrite)
-    records: dict[int, dict] = {}
-    todo = []
-    for plan in plans:
-        record = _read_record(out_dir, plan)
-        if record is None:
-            todo.append(plan)
-        else:
-            records[plan.index] = record
+    records = _finished_records(out_dir, plans)
+    todo = [plan for plan in plans if plan.index not in records]
     log.info(
         "%s: %d images in %d shards; %d already complete, %d to write",
         out_dir, len(sources.items), len(plans), len(records), len(todo),
     )  # fmt: skip
+    _write_planned(
+        src, out_dir, todo, records, jpeg_quality=jpeg_quality, workers=workers, total=len(plans)
+    )
+    manifest = _build_manifest(
+        sources,
+        plans,
+        records,
+        src=src,
+        split=split,
+        seed=seed,
+        shard_size=shard_size,
+        jpeg_quality=jpeg_quality,
+        command=command,
+    )
+    for entry in manifest.skipped:
+        log.warning("skipped %s: %s", entry["path"], entry["reason"])
+    write_manifest(out_dir, manifest)
+    log.info(
+        "%s: %d samples, %d classes, %d shards, %d converted, %d skipped",
+        out_dir, manifest.total, manifest.num_classes, len(manifest.shards), manifest.converted,
+        len(manifest.skipped),
+    )  # fmt: skip
+    manifest = read_manifest(out_dir)
+    write_split_info(out, manifest)
+    return manifest
+
+
+def _check_arguments(split: str, *, shard_size: int, workers: int, jpeg_quality: int) -> None:
+    """Refuse impossible settings before anything is scanned or written."""
+    if not _SPLIT_RE.match(split):
+        raise ValueError(f"Invalid split={split!r}: use letters, digits, '_' and '-'")
+    if shard_size < 1:
+        raise ValueError(f"Invalid shard_size={shard_size}: must be >= 1")
+    if workers < 1:
+        raise ValueError(f"Invalid workers={workers}: must be >= 1")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"Invalid jpeg_quality={jpeg_quality}: must be in [1, 100]")
+
+
+def _finished_records(out_dir: Path, plans: list[ShardPlan]) -> dict[int, dict]:
+    """Records of the shards an earlier run completed for this plan: a re-run skips them."""
+    records = {}
+    for plan in plans:
+        record = _read_record(out_dir, plan)
+        if record is not None:
+            records[plan.index] = record
+    return records
+
+
+def _write_planned(
+    src: Path,
+    out_dir: Path,
+    todo: list[ShardPlan],
+    records: dict[int, dict],
+    *,
+    jpeg_quality: int,
+    workers: int,
+    total: int,
+) -> None:
+    """Write the shards of ``todo``, in ``workers`` processes, adding each one's record to
+    ``records`` as it completes (``total``: shards in the plan, for the progress lines).
+
+    An error in any shard cancels the shards not yet started and is raised; the shards already
+    finished keep their records, so a re-run continues from them.
+    """
 
     def done(plan: ShardPlan, record: dict) -> None:
         records[plan.index] = record
         log.info(
             "%s: %d samples, %d converted, %d skipped (%d/%d shards)",
             plan.name, record["samples"], record["converted"], len(record["skipped"]),
-            len(records), len(plans),
+            len(records), total,
         )  # fmt: skip
 
     if workers == 1 or len(todo) <= 1:
         for plan in todo:
             done(plan, write_one_shard(src, out_dir, plan, jpeg_quality))
-    else:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {
-                pool.submit(write_one_shard, src, out_dir, plan, jpeg_quality): plan
-                for plan in todo
-            }
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    done(futures[future], future.result())
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        return
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {
+            pool.submit(write_one_shard, src, out_dir, plan, jpeg_quality): plan for plan in todo
+        }
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                done(futures[future], future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
+
+def _build_manifest(
+    sources: SourceList,
+    plans: list[ShardPlan],
+    records: dict[int, dict],
+    *,
+    src: Path,
+    split: str,
+    seed: int,
+    shard_size: int,
+    jpeg_quality: int,
+    command: str | None,
+) -> Manifest:
+    """The split's manifest from the shards' records, in plan order: shards that kept no
+    sample are left out, the skipped inputs of the scan and of every shard listed."""
     class_counts = [0] * len(sources.classes)
     skipped = list(sources.skipped)
     shards, converted = [], 0
@@ -366,9 +432,7 @@ def write_shards(
                     sha256=record["sha256"],
                 )
             )
-    for entry in skipped:
-        log.warning("skipped %s: %s", entry["path"], entry["reason"])
-    manifest = Manifest(
+    return Manifest(
         split=split,
         classes=sources.classes,
         shards=shards,
@@ -382,14 +446,6 @@ def write_shards(
         layout=sources.layout,
         command=command or "",
     )
-    write_manifest(out_dir, manifest)
-    log.info(
-        "%s: %d samples, %d classes, %d shards, %d converted, %d skipped",
-        out_dir, manifest.total, manifest.num_classes, len(shards), converted, len(skipped),
-    )  # fmt: skip
-    manifest = read_manifest(out_dir)
-    write_split_info(out, manifest)
-    return manifest
 
 
 def verify_shards(directory: str | Path) -> list[str]:
