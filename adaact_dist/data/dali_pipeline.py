@@ -55,7 +55,12 @@ def image_pipeline(
     std: tuple[float, ...],
     channels_last: bool,
 ):
-    """Outputs ``(images float32 CHW or HWC, label bytes)`` for one rank's shard of the data."""
+    """Outputs ``(images float32 CHW or HWC, label bytes)`` for one rank's shard of the data.
+
+    Reading, the training or evaluation images, then flip, crop and normalisation in one
+    operator. The parts it calls build graph nodes only; DALI's conditionals convert them as
+    they convert this function, from their source (see the module docstring).
+    """
     jpegs, labels = fn.readers.webdataset(
         paths=paths,
         index_paths=index_paths,
@@ -68,38 +73,27 @@ def image_pipeline(
         seed=reader_seed,
         name=READER_NAME,
     )
-    mixed = decode_device == "mixed"
-    padding = (
-        dict(device_memory_padding=_DEVICE_MEMORY_PADDING, host_memory_padding=_HOST_MEMORY_PADDING)
-        if mixed
-        else {}
-    )
     if is_training:
-        images = fn.decoders.image_random_crop(
+        images = _train_images(
             jpegs,
-            device=decode_device,
-            output_type=types.RGB,
-            random_area=list(scale),
-            random_aspect_ratio=list(ratio),
-            num_attempts=10,
-            **padding,
+            decode_device=decode_device,
+            image_size=image_size,
+            scale=scale,
+            ratio=ratio,
+            rand_augment=rand_augment,
+            train_interpolation=train_interpolation,
+            mean=mean,
         )
-        if train_interpolation == "random":  # timm: bilinear or bicubic, per image
-            interp = fn.random.choice(types.Constant([types.INTERP_LINEAR, types.INTERP_CUBIC]))
-        else:
-            interp = _INTERP[train_interpolation]
-        images = fn.resize(images, size=[image_size, image_size], interp_type=interp)
-        if rand_augment is not None:
-            fill = tuple(min(255, round(255 * m)) for m in mean)  # timm's img_mean fill
-            images = timm_rand_augment(
-                images, rand_augment, image_size=(image_size, image_size), fill_rgb=fill
-            )
         mirror = fn.random.coin_flip(probability=hflip)
         crop = None
     else:
-        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB, **padding)
-        resize = math.floor(image_size / crop_pct)  # timm's scale_size
-        images = fn.resize(images, resize_shorter=resize, interp_type=_INTERP[interpolation])
+        images = _eval_images(
+            jpegs,
+            decode_device=decode_device,
+            image_size=image_size,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+        )
         mirror = 0
         crop = (image_size, image_size)
     images = fn.crop_mirror_normalize(
@@ -114,3 +108,59 @@ def image_pipeline(
         mirror=mirror,
     )
     return images, labels
+
+
+def _decoder_memory(decode_device: str) -> dict[str, int]:
+    """Preallocation arguments of the "mixed" decoder (none on the CPU)."""
+    if decode_device != "mixed":
+        return {}
+    return dict(
+        device_memory_padding=_DEVICE_MEMORY_PADDING, host_memory_padding=_HOST_MEMORY_PADDING
+    )
+
+
+def _train_images(
+    jpegs,
+    *,
+    decode_device: str,
+    image_size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rand_augment: RandAugmentSpec | None,
+    train_interpolation: str,
+    mean: tuple[float, ...],
+):
+    """timm's A2 training transform up to the flip: decode a random crop (the decoder reads
+    only the crop's part of the JPEG), resize it, then RandAugment."""
+    images = fn.decoders.image_random_crop(
+        jpegs,
+        device=decode_device,
+        output_type=types.RGB,
+        random_area=list(scale),
+        random_aspect_ratio=list(ratio),
+        num_attempts=10,
+        **_decoder_memory(decode_device),
+    )
+    if train_interpolation == "random":  # timm: bilinear or bicubic, per image
+        interp = fn.random.choice(types.Constant([types.INTERP_LINEAR, types.INTERP_CUBIC]))
+    else:
+        interp = _INTERP[train_interpolation]
+    images = fn.resize(images, size=[image_size, image_size], interp_type=interp)
+    if rand_augment is not None:
+        fill = tuple(min(255, round(255 * m)) for m in mean)  # timm's img_mean fill
+        images = timm_rand_augment(
+            images, rand_augment, image_size=(image_size, image_size), fill_rgb=fill
+        )
+    return images
+
+
+def _eval_images(
+    jpegs, *, decode_device: str, image_size: int, crop_pct: float, interpolation: str
+):
+    """timm's evaluation transform up to the centre crop: decode, resize the shorter side to
+    ``floor(image_size / crop_pct)`` (the crop is done while normalising)."""
+    images = fn.decoders.image(
+        jpegs, device=decode_device, output_type=types.RGB, **_decoder_memory(decode_device)
+    )
+    resize = math.floor(image_size / crop_pct)  # timm's scale_size
+    return fn.resize(images, resize_shorter=resize, interp_type=_INTERP[interpolation])
