@@ -114,6 +114,16 @@ def resolve_shards(shards: ShardsArg, *, split: str, strict: bool = False) -> Sh
         ValueError: no shards, or an index that does not fit its tar.
         BadSampleError: ``strict`` and a sample lacks its image or label.
     """
+    manifest, paths, index_paths = _locate(shards, split)
+    _check_files(paths, index_paths)
+    if manifest is not None:
+        return _counted_by_manifest(manifest, paths, index_paths)
+    return _counted_by_index(paths, index_paths, strict=strict)
+
+
+def _locate(shards: ShardsArg, split: str) -> tuple[Manifest | None, list[Path], list[Path | None]]:
+    """The manifest (when ``shards`` names one), the tar paths and their index paths
+    (``None``: no index file next to the tar)."""
     manifest = None
     if isinstance(shards, str | os.PathLike) and Path(shards).exists():
         path = Path(shards)
@@ -131,6 +141,12 @@ def resolve_shards(shards: ShardsArg, *, split: str, strict: bool = False) -> Sh
         index_paths = [find_index(p) if p.is_file() else None for p in paths]
     if not paths:
         raise ValueError(f"Invalid shards={shards!r}: no shard files")
+    return manifest, paths, index_paths
+
+
+def _check_files(paths: list[Path], index_paths: list[Path | None]) -> None:
+    """Fail now, naming the path, on a missing or unreadable file: not later in a worker.
+    Shards without an index are only slow to start, so they get a warning."""
     for p, idx in zip(paths, index_paths):
         _check_readable(p, "shard")
         if idx is not None:
@@ -143,24 +159,35 @@ def resolve_shards(shards: ShardsArg, *, split: str, strict: bool = False) -> Sh
             len(missing_index),
             missing_index[0],
         )
-    if manifest is not None:
-        # Shards written by adaact-make-shards never hold incomplete samples: check sizes and
-        # index headers against the manifest (cheap) instead of parsing 1.28 M index lines.
-        result = []
-        for info, path, idx in zip(manifest.shards, paths, index_paths):
-            size = path.stat().st_size
-            if size != info.bytes:
-                raise ValueError(
-                    f"Shard {path} has {size} bytes, its manifest says {info.bytes}: damaged or "
-                    "replaced (check with adaact-make-shards --verify)"
-                )
-            count = _index_count(idx)
-            if count != info.samples:
-                raise ValueError(
-                    f"Index {idx} lists {count} samples, the manifest {info.samples}: stale index"
-                )
-            result.append(Shard(path, idx, count))
-        return ShardSet(result, manifest.num_classes, manifest, [])
+
+
+def _counted_by_manifest(
+    manifest: Manifest, paths: list[Path], index_paths: list[Path | None]
+) -> ShardSet:
+    """Shards written by adaact-make-shards never hold incomplete samples: check sizes and
+    index headers against the manifest (cheap) instead of parsing 1.28 M index lines."""
+    result = []
+    for info, path, idx in zip(manifest.shards, paths, index_paths):
+        size = path.stat().st_size
+        if size != info.bytes:
+            raise ValueError(
+                f"Shard {path} has {size} bytes, its manifest says {info.bytes}: damaged or "
+                "replaced (check with adaact-make-shards --verify)"
+            )
+        count = _index_count(idx)
+        if count != info.samples:
+            raise ValueError(
+                f"Index {idx} lists {count} samples, the manifest {info.samples}: stale index"
+            )
+        result.append(Shard(path, idx, count))
+    return ShardSet(result, manifest.num_classes, manifest, [])
+
+
+def _counted_by_index(
+    paths: list[Path], index_paths: list[Path | None], *, strict: bool
+) -> ShardSet:
+    """Shards from elsewhere: read every index (or scan the tar) to count the usable samples,
+    leaving out (or, with ``strict``, refusing) those without an image or a label."""
     result, incomplete = [], []
     for path, idx in zip(paths, index_paths):
         entries = load_index(path, idx)
