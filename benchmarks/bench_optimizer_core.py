@@ -1,6 +1,6 @@
 """AdaAct core on CPU: hook overhead, step time and state size against SGD and AdamW.
 
-    .venv/bin/python benchmarks/bench_optimizer_core.py --out benchmarks/optimizer_core.md
+    .venv/bin/python -m benchmarks.bench_optimizer_core --out benchmarks/optimizer_core.md
 
 Every comparison is interleaved within one run (the machines are noisy) and reported
 as the median of ``--repeats`` measurements. The "unfold" row reproduces how the

@@ -1,6 +1,6 @@
 """Images/s of AdaAct vs SGD-momentum vs AdamW in the trainer's own loop, in one run.
 
-    .venv/bin/python benchmarks/bench_train_optimizers.py --out benchmarks/train_optimizers.md
+    .venv/bin/python -m benchmarks.bench_train_optimizers --out benchmarks/train_optimizers.md
 
 Two workloads, each on one process through ``Trainer`` exactly as a launch would build
 it (DeepSpeed engine, per-step lr, loss all-reduce, Mixup if configured):
@@ -30,12 +30,8 @@ from pathlib import Path
 import torch
 
 from adaact_dist._machine import cpu_name
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from adaact_dist.train.config_io import load_config  # noqa: E402
-from adaact_dist.train.trainer import Trainer  # noqa: E402
+from adaact_dist.train.config_io import load_config
+from adaact_dist.train.trainer import Trainer
 
 OPTIMIZERS = {  # lr only keeps the short runs finite; speed does not depend on it
     "adaact": ["optim.name=adaact", "optim.lr=0.1"],
@@ -122,7 +118,7 @@ def main() -> int:
         f"Machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch "
         f"{torch.__version__}, one process, fp32, DeepSpeed CPU accelerator; demo as "
         "configs/demo.yaml (ZeRO-1), resnet50 at ZeRO stage 0.",
-        f"Command: `.venv/bin/python benchmarks/bench_train_optimizers.py "
+        f"Command: `.venv/bin/python -m benchmarks.bench_train_optimizers "
         f"--rounds {args.rounds} --warmup {args.warmup} --steps {args.steps} "
         f"--image-size {args.image_size} "
         f"--batch {args.batch}`. Interleaved rounds on a shared machine; medians of "

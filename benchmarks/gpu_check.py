@@ -1,12 +1,13 @@
 """Every GPU path of adaact-dist checked in one run, reported in ``gpu_check.md`` and ``.json``.
 
-On one H100/H200-class GPU (the budgets add up to 7 minutes; the report goes to ``benchmarks/``)::
+On one H100/H200-class GPU, from the repository root (the budgets add up to 7 minutes; the
+report goes to ``benchmarks/``)::
 
-    python benchmarks/gpu_check.py
+    python -m benchmarks.gpu_check
 
 Every part at a tiny size on the CPU, reported into DIR (what ``tests/benchmarks`` runs)::
 
-    .venv/bin/python benchmarks/gpu_check.py --smoke --out DIR
+    .venv/bin/python -m benchmarks.gpu_check --smoke --out DIR
 
 ``--only PART ...`` runs some parts again (the report then holds those); ``--timeout S`` bounds the
 whole run (default 470 s); ``--work DIR`` keeps the parts' logs, runs and the photo set.
@@ -38,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gpu_parts import (  # gpu_parts puts this checkout on sys.path
+
+from adaact_dist._machine import cpu_name
+from benchmarks.gpu_parts import (
     ROOT,
     Context,
     Outcome,
@@ -49,14 +52,12 @@ from gpu_parts import (  # gpu_parts puts this checkout on sys.path
     part_optim_tests,
     ratio,
 )
-from gpu_timing import (  # noqa: E402
+from benchmarks.gpu_timing import (
     part_compile,
     part_loaders,
     part_optimizer_core,
     part_throughput,
 )
-
-from adaact_dist._machine import cpu_name  # noqa: E402
 
 MIN_START_S = 10.0  # a part that would get less than this is not started
 
@@ -204,7 +205,15 @@ class Child:
         self.part, self.work, self.budget_s = part, args.work, budget_s
         self.log = args.work / "logs" / f"{part.name}.log"
         result_path(self.work, part.name).unlink(missing_ok=True)
-        command = [sys.executable, __file__, "--part", part.name, "--work", str(self.work)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_check",
+            "--part",
+            part.name,
+            "--work",
+            str(self.work),
+        ]
         self.started = time.monotonic()
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
@@ -394,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     parts = [part for part in PARTS if not args.only or part.name in args.only]
     results = run_parts(parts, args)
-    command = ["python", "benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]
+    command = ["python", "-m", "benchmarks.gpu_check", *(sys.argv[1:] if argv is None else argv)]
     concurrent = ", ".join(part.name for part in parts if part.concurrent)
     report = {
         "command": " ".join(command),

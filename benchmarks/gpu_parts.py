@@ -24,7 +24,6 @@ from xml.etree import ElementTree
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # adaact_dist and tests.* from this checkout, installed or not
 
 
 class Skipped(Exception):

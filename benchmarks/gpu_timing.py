@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gpu_parts import (  # gpu_parts puts this checkout on sys.path
+
+from benchmarks.gpu_parts import (
     Context,
     ModelSpec,
     Outcome,
@@ -42,9 +43,8 @@ def part_loaders(ctx: Context) -> Outcome:
     evaluation, and of the webdataset loader with timm's A2 transforms on all cores, over the
     same photo shards; epochs interleaved, each timed from its first batch to its last."""
     require("skimage")  # the photos come from scikit-image's bundled samples
-    from bench_data_loaders import prepare
-
     from adaact_dist.data import LoaderConfig, create_loader
+    from benchmarks.bench_data_loaders import prepare
 
     sizes, device = ctx.sizes, ctx.device
     _, shards = prepare(ctx.work, sizes.photos)

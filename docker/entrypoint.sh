@@ -13,7 +13,7 @@ usage: docker run [docker options] IMAGE COMMAND [ARGS...]
                                              deepspeed --num_gpus <GPUs> launch/train_imagenet.py ...
   make-shards ARGS                           python launch/make_shards.py ARGS
   convert-checkpoint ARGS                    python launch/convert_checkpoint.py ARGS
-  gpu-check [ARGS]                           python benchmarks/gpu_check.py ARGS
+  gpu-check [ARGS]                           python -m benchmarks.gpu_check ARGS
   help                                       this message
   any other command (bash, python, ...)      run as given
 
@@ -144,6 +144,7 @@ case $command in
         ;;
     make-shards) run python "$project/launch/make_shards.py" "$@" ;;
     convert-checkpoint) run python "$project/launch/convert_checkpoint.py" "$@" ;;
-    gpu-check) run python "$project/benchmarks/gpu_check.py" "$@" ;;
+    # a module of the benchmarks package: it runs from the project folder
+    gpu-check) cd "$project" && run python -m benchmarks.gpu_check "$@" ;;
     *) run "$command" "$@" ;;
 esac

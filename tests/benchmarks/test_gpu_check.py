@@ -1,4 +1,4 @@
-"""``benchmarks/gpu_check.py``: ``--smoke`` runs every part (or says why not) and writes a
+"""``python -m benchmarks.gpu_check``: ``--smoke`` runs every part (or says why not) and writes a
 well-formed report; without a GPU and without ``--smoke`` it says so and exits 0."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 PARTS = [
     "optim_tests", "deepspeed_nccl", "dali_test", "loaders",
     "throughput", "optimizer_core", "compile", "demo",
@@ -22,7 +21,7 @@ MACHINE = ["gpu", "gpu_count", "driver", "cuda", "cudnn", "nccl", "cpu", "cores"
 
 
 def gpu_check(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(SCRIPT), *args]
+    command = [sys.executable, "-m", "benchmarks.gpu_check", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

@@ -25,7 +25,6 @@ ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 PINS = ROOT / "docker" / "cuda-pins.txt"
 BIN = Path(sys.executable).parent
 LAUNCH = str(ROOT / "launch")
-BENCHMARKS = str(ROOT / "benchmarks")
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -269,8 +268,8 @@ def test_without_python_the_summary_says_so_and_the_command_still_runs(tools: Pa
           "--split", "train"]),
         (["convert-checkpoint", "runs/r/checkpoints/global_step300"],
          ["python", f"{LAUNCH}/convert_checkpoint.py", "runs/r/checkpoints/global_step300"]),
-        (["gpu-check"], ["python", f"{BENCHMARKS}/gpu_check.py"]),
-        (["gpu-check", "--smoke"], ["python", f"{BENCHMARKS}/gpu_check.py", "--smoke"]),
+        (["gpu-check"], ["python", "-m", "benchmarks.gpu_check"]),
+        (["gpu-check", "--smoke"], ["python", "-m", "benchmarks.gpu_check", "--smoke"]),
         (["python", "-c", "print('a b')"], ["python", "-c", "print('a b')"]),
         (["bash"], ["bash"]),
     ],
