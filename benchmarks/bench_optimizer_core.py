@@ -10,7 +10,7 @@ published AdaAct code takes convolution statistics (im2col patches), as the anch
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import time
 from collections.abc import Callable
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from adaact_dist import AdaAct
 from adaact_dist._machine import cpu_name
+from benchmarks.timing import interleaved_medians
 
 
 def unfold_hooks(model: nn.Module) -> list:
@@ -83,13 +84,8 @@ def bench_forward_backward(model, x, repeats: int) -> dict[str, float]:
         "AdaAct hooks model=": with_adaact(given),
         "unfold hooks": with_unfold,
     }
-    for fn in variants.values():  # warm-up
-        fn()
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name].append(seconds(fn))
-    return {name: statistics.median(values) for name, values in times.items()}
+    timed = {name: functools.partial(seconds, fn) for name, fn in variants.items()}
+    return interleaved_medians(timed, repeats, warmup=1)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -151,19 +147,14 @@ def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int]
     }
     with torch.no_grad():
         snapshot = [p.detach().clone() for p in model.parameters()]
-    for fn in variants.values():
-        fn()
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name].append(fn())
+    medians = interleaved_medians(variants, repeats, warmup=1)
     with torch.no_grad():
         for p, saved in zip(model.parameters(), snapshot):
             p.copy_(saved)
     adaact.remove_hooks()
     sizes = {"AdaAct": state_bytes(adaact), "AdamW": state_bytes(adamw)}
     sizes["SGD momentum"] = state_bytes(sgd)
-    return {name: statistics.median(v) for name, v in times.items()}, sizes
+    return medians, sizes
 
 
 def bench_build(model, repeats: int) -> dict[str, float]:
@@ -182,12 +173,7 @@ def bench_build(model, repeats: int) -> dict[str, float]:
 
         return fn
 
-    variants = {"model=": build(model=model), "found": build()}
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            times[name].append(fn())
-    return {name: statistics.median(values) for name, values in times.items()}
+    return interleaved_medians({"model=": build(model=model), "found": build()}, repeats)
 
 
 def main() -> None:

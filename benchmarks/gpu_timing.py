@@ -1,20 +1,19 @@
 """The timed parts of ``gpu_check.py``: loaders, training throughput, the optimizer core and
-``torch.compile``, each interleaving what it compares in one run and reporting medians.
+``torch.compile``, each interleaving what it compares in one run and reporting medians
+(:func:`benchmarks.timing.interleaved_medians`).
 """
 
 from __future__ import annotations
 
-import collections
 import copy
 import csv
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import shutil
-import statistics
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from benchmarks.gpu_parts import (
     require,
     synchronize,
 )
+from benchmarks.timing import Measure, interleaved_medians
 
 # -- 2. loaders ------------------------------------------------------------------------------
 EVAL = {"is_training": False, "shuffle": False}  # the training shards, read the evaluation way
@@ -71,14 +71,12 @@ def part_loaders(ctx: Context) -> Outcome:
         )
         loaders[key] = create_loader(config)
         epoch_rate(loaders[key], 0, device)  # warm-up: workers, pipeline, page cache
-    rates = collections.defaultdict(list)
-    for epoch in range(1, sizes.loader_epochs + 1):
-        for key, loader in loaders.items():
-            rates[key].append(epoch_rate(loader, epoch, device))
+    epochs = {key: next_epochs(loader, device) for key, loader in loaders.items()}
+    medians = interleaved_medians(epochs, sizes.loader_epochs)
     for key, (label, _, workers, _) in specs.items():
         row = {"loader": label, "threads or workers": workers}
         if key in loaders:
-            outcome.metrics[key] = statistics.median(rates[key])
+            outcome.metrics[key] = medians[key]
             row |= {"status": "ok", "images/s": outcome.metrics[key]}
         else:
             row["status"] = "skipped: nvidia.dali is not installed"
@@ -89,6 +87,12 @@ def part_loaders(ctx: Context) -> Outcome:
         "training, DALI's GPU work shares the GPU with the model)."
     )
     return outcome
+
+
+def next_epochs(loader, device: torch.device) -> Measure:
+    """Images/s of the loader's epochs 1, 2, ..., one per call."""
+    epochs = itertools.count(1)
+    return lambda: epoch_rate(loader, next(epochs), device)
 
 
 def epoch_rate(loader, epoch: int, device: torch.device) -> float:
@@ -262,33 +266,27 @@ def part_throughput(ctx: Context) -> Outcome:
 
 
 def interleave(builders: dict[str, Callable[[], Any]], sizes: Sizes, device: torch.device):
-    """Build each variant and run its warm-up, then ``rounds`` rotating rounds of ``steps``
-    steps each. Returns the median images/s and peak GiB per variant, and the failed ones."""
-    runs, rates, peaks, failed = {}, collections.defaultdict(list), {}, {}
-    names = list(builders)
-    for round_ in range(sizes.rounds + 1):
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            if name in failed:
-                continue
-            try:
-                if name not in runs:  # round 0: build, warm up, measure memory
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-                    runs[name] = builders[name]()
-                    runs[name].advance(sizes.warmup_steps)
-                    if device.type == "cuda":
-                        peaks[name] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
-                else:
-                    rates[name] += runs[name].advance(sizes.steps)
-            except Exception as error:  # the other variants still run
-                failed[name] = f"{type(error).__name__}: {error}"
-                traceback.print_exc()
+    """Build each variant and run its warm-up (the warm-up round), then ``rounds`` rotating
+    rounds of ``steps`` steps each. Returns the median images/s and peak GiB per variant, and
+    the failed ones (the other variants still run)."""
+    runs, peaks, failed = {}, {}, {}
+
+    def turn(name: str) -> list[float]:
+        if name not in runs:  # the warm-up round: build, warm up, measure memory
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+            runs[name] = builders[name]()
+            runs[name].advance(sizes.warmup_steps)
+            if device.type == "cuda":
+                peaks[name] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+            return []
+        return runs[name].advance(sizes.steps)
+
+    turns = {name: functools.partial(turn, name) for name in builders}
+    medians = interleaved_medians(turns, sizes.rounds, warmup=1, rotate=True, failures=failed)
     for run in runs.values():
         run.close()
-    medians = {
-        name: statistics.median(values) for name, values in rates.items() if name not in failed
-    }
     return medians, peaks, failed
 
 
@@ -323,6 +321,7 @@ def optimizer_core_of(spec: ModelSpec, repeats: int, device: torch.device):
             "AdaAct hooks": functools.partial(fwd_bwd, hooked, x, adaact.zero_grad),
         },
         repeats,
+        warmup=1,
     )
     optimizers = {
         "AdaAct": adaact,
@@ -339,6 +338,7 @@ def optimizer_core_of(spec: ModelSpec, repeats: int, device: torch.device):
             for name, opt in optimizers.items()
         },
         repeats,
+        warmup=1,
     )
     overhead = fb["AdaAct hooks"] / fb["no hooks"] - 1
     metrics = {"model": spec.name, "stats_overhead": overhead}
@@ -380,17 +380,6 @@ def timed_step(optimizer, feed: Callable[[], Any] | None) -> float:
     return time.perf_counter() - tick
 
 
-def interleaved_medians(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Median seconds of each timed function, run in turn ``repeats`` times after a warm-up."""
-    for fn in fns.values():
-        fn()
-    times = collections.defaultdict(list)
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(fn())
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 # -- 5. torch.compile ------------------------------------------------------------------------
 def part_compile(ctx: Context) -> Outcome:
     """``torch.compile`` (inductor) of the CNN with AdaAct's hooks: the statistics it collects
@@ -419,11 +408,10 @@ def part_compile(ctx: Context) -> Outcome:
             f"statistics differ from eager mode's: {first} by {errors[first]:.1e} (limit 1e-5), "
             f"the worst layer by {worst:.1e} (limit 5e-2)"
         )
-    rates = collections.defaultdict(list)
-    for round_ in range(1, sizes.rounds + 1):
-        for name in ("eager", "compiled") if round_ % 2 else ("compiled", "eager"):
-            rates[name] += steps[name].advance(sizes.steps)
-    medians = {name: statistics.median(values) for name, values in rates.items()}
+    turns = {
+        name: functools.partial(steps[name].advance, sizes.steps) for name in ("eager", "compiled")
+    }
+    medians = interleaved_medians(turns, sizes.rounds, rotate=True)  # each goes first in turn
     outcome.metrics = {"model": spec.name, "compile_s": compile_s, "graphs": graphs, **medians}
     outcome.rows.append(
         {

@@ -1,0 +1,56 @@
+"""How the benchmarks compare speeds: interleaved rounds, medians.
+
+The machines are shared and noisy, so what a benchmark compares runs in turn, round after
+round, in one process: load from elsewhere then hits every variant alike, and the median of
+each variant's measurements drops the rounds that a burst of load spoiled.
+"""
+
+from __future__ import annotations
+
+import statistics
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+
+Measure = Callable[[], "float | Sequence[float]"]
+"""One turn of a variant: its figure (seconds, images/s), or one figure per step it ran."""
+
+
+def interleaved_medians(
+    measures: Mapping[str, Measure],
+    rounds: int,
+    *,
+    warmup: int = 0,
+    rotate: bool = False,
+    failures: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """The median figure of each variant over ``rounds`` rounds in which each measures once.
+
+    Args:
+        measures: Each variant's :data:`Measure`, by name.
+        rounds: Counted rounds.
+        warmup: Rounds run before them, whose figures are not counted.
+        rotate: Round ``r`` (warm-up rounds included) starts at the ``r``-th variant, so that
+            none always runs first or after the same one; otherwise the mapping's order.
+        failures: Where a variant that raises is recorded (``"Type: message"``, its traceback
+            printed); it then sits out the later rounds and has no median, while the others go
+            on. Without it, the exception propagates.
+    """
+    names = list(measures)
+    figures: dict[str, list[float]] = {name: [] for name in names}
+    failed = {} if failures is None else failures
+    for round_ in range(warmup + rounds):
+        shift = round_ % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            if name in failed:
+                continue
+            try:
+                figure = measures[name]()
+            except Exception as error:
+                if failures is None:
+                    raise
+                failures[name] = f"{type(error).__name__}: {error}"
+                traceback.print_exc()
+                continue
+            if round_ >= warmup:
+                figures[name] += figure if isinstance(figure, Sequence) else [figure]
+    return {name: statistics.median(figures[name]) for name in names if name not in failed}
