@@ -10,9 +10,10 @@ it (DeepSpeed engine, per-step lr, loss all-reduce, Mixup if configured):
 
 The machines are shared and noisy, so the optimizers are interleaved finely: one
 trainer per optimizer is built up front, and every round continues each trainer's loop
-(``Trainer.run`` again with a higher ``run.stop_after_steps``) for ``--steps`` steps, in
-rotating order; the first ``--warmup`` rounds are not timed. The table reports medians
-of the per-step wall time over all timed steps, and the speed relative to SGD.
+(``Trainer.run`` again with a higher ``run.stop_after_steps``: ``benchmarks.timing.TrainerRun``)
+for ``--steps`` steps, in rotating order; the first ``--warmup`` rounds are not timed. The
+table reports medians of the per-step wall time over all timed steps, and the speed
+relative to SGD.
 Checkpoints, plots and the activation probe are off: the comparison is about the
 optimizer inside the loop.
 """
@@ -20,8 +21,7 @@ optimizer inside the loop.
 from __future__ import annotations
 
 import argparse
-import csv
-import statistics
+import functools
 import sys
 import tempfile
 import time
@@ -31,7 +31,7 @@ import torch
 
 from adaact_dist._machine import cpu_name
 from adaact_dist.train.config_io import load_config
-from adaact_dist.train.trainer import Trainer
+from benchmarks.timing import TrainerRun, interleaved_medians
 
 OPTIMIZERS = {  # lr only keeps the short runs finite; speed does not depend on it
     "adaact": ["optim.name=adaact", "optim.lr=0.1"],
@@ -45,6 +45,7 @@ COMMON = [
     "logging.tensorboard=false",
     "logging.progress_bar=false",
     "logging.activation_every_steps=0",
+    "logging.every_steps=1",  # every step is a sample
     "schedule.epochs=100",
 ]
 
@@ -65,38 +66,26 @@ def workloads(args) -> dict[str, tuple[str | None, list[str]]]:
     return {"demo": ("demo", demo), "resnet50": (None, resnet50)}
 
 
-def step_times(run_dir: Path) -> list[float]:
-    with (run_dir / "metrics.csv").open(newline="") as handle:
-        return [float(row["step_time_s"]) for row in csv.DictReader(handle)]
-
-
 def bench(name, base, overrides, args, scratch: Path) -> dict[str, dict[str, float]]:
-    trainers = {}
+    runs = {}
     for opt in OPTIMIZERS:
         config = load_config(
             base, [*COMMON, *overrides, *OPTIMIZERS[opt], f"run.output_dir={scratch / name / opt}"]
         )
-        trainers[opt] = Trainer(config)
-    order = list(OPTIMIZERS)
-    for round_ in range(args.warmup + args.rounds):
-        for opt in order[round_ % len(order) :] + order[: round_ % len(order)]:
-            trainer = trainers[opt]  # continue this trainer's loop for --steps steps
-            trainer.config.run.stop_after_steps = trainer.state.global_step + args.steps
-            trainer.run()
-    batch = trainers["sgd"].plan.global_batch_size
-    times = {}
-    for opt, trainer in trainers.items():
-        trainer.close()
-        times[opt] = step_times(scratch / name / opt)[args.warmup * args.steps :]
-    sgd = statistics.median(times["sgd"])
+        runs[opt] = TrainerRun(config, figure="step_time_s")
+    turns = {opt: functools.partial(run.advance, args.steps) for opt, run in runs.items()}
+    medians = interleaved_medians(turns, args.rounds, warmup=args.warmup, rotate=True)
+    batch = runs["sgd"].trainer.plan.global_batch_size
+    for run in runs.values():
+        run.close()
     return {
         opt: {
-            "median_step_s": statistics.median(values),
-            "images_per_s": batch / statistics.median(values),
-            "vs_sgd": sgd / statistics.median(values),
-            "samples": len(values),
+            "median_step_s": median,
+            "images_per_s": batch / median,
+            "vs_sgd": medians["sgd"] / median,
+            "samples": args.rounds * args.steps,
         }
-        for opt, values in times.items()
+        for opt, median in medians.items()
     }
 
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import functools
 import itertools
@@ -32,7 +31,7 @@ from benchmarks.gpu_parts import (
     require,
     synchronize,
 )
-from benchmarks.timing import Measure, interleaved_medians
+from benchmarks.timing import Measure, TrainerRun, interleaved_medians
 
 # -- 2. loaders ------------------------------------------------------------------------------
 EVAL = {"is_training": False, "shuffle": False}  # the training shards, read the evaluation way
@@ -123,52 +122,37 @@ VARIANTS = {
 }
 
 
-class TrainerRun:
-    """One trainer, continued segment by segment: ``Trainer.run()`` goes on where it stopped
-    once ``run.stop_after_steps`` is raised, so interleaving costs no rebuild."""
+def trainer_run(ctx: Context, spec: ModelSpec, optimizer: str, run_dir: Path) -> TrainerRun:
+    """The trainer on synthetic batches of ``spec``'s size, ZeRO-1 on one rank; checkpoints,
+    plots, TensorBoard and the activation probe off."""
+    from adaact_dist.train import load_config
 
-    def __init__(self, ctx: Context, spec: ModelSpec, optimizer: str, run_dir: Path):
-        from adaact_dist.train import Trainer, load_config
-
-        overrides = [
-            "data.backend=synthetic",
-            f"model.name={spec.name}",
-            f"model.num_classes={spec.num_classes}",
-            f"model.kwargs={json.dumps(spec.kwargs)}",
-            f"model.channels_last={str(spec.channels_last).lower()}",
-            f"data.image_size={spec.image_size}",
-            f"data.global_batch_size={spec.batch}",
-            f"data.synthetic_train_samples={spec.batch * 10_000}",  # no epoch ends in the run
-            f"distributed.device={ctx.device.type}",
-            f"distributed.precision={'bf16' if ctx.device.type == 'cuda' else 'fp32'}",
-            "distributed.precision_mode=autocast",
-            "distributed.zero_stage=1",
-            "schedule.epochs=1",
-            "schedule.name=constant",
-            "checkpoint.enabled=false",
-            "checkpoint.resume=never",
-            "checkpoint.skip_seen_batches=false",  # a segment need not replay earlier batches
-            "logging.plots=false",
-            "logging.tensorboard=false",
-            "logging.progress_bar=false",
-            "logging.activation_every_steps=0",
-            f"run.output_dir={run_dir}",
-            *TRAINER_OPTIMIZERS[optimizer],
-        ]
-        self.run_dir, self.done = run_dir, 0
-        self.trainer = Trainer(load_config(None, overrides))
-
-    def advance(self, steps: int) -> list[float]:
-        """Images/s of each of the next ``steps`` steps, as the trainer logged them."""
-        first, self.done = self.done, self.done + steps
-        self.trainer.config.run.stop_after_steps = self.done
-        self.trainer.run()
-        with (self.run_dir / "metrics.csv").open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        return [float(r["images_per_s"]) for r in rows if first <= int(r["step"]) < self.done]
-
-    def close(self) -> None:
-        self.trainer.close()
+    overrides = [
+        "data.backend=synthetic",
+        f"model.name={spec.name}",
+        f"model.num_classes={spec.num_classes}",
+        f"model.kwargs={json.dumps(spec.kwargs)}",
+        f"model.channels_last={str(spec.channels_last).lower()}",
+        f"data.image_size={spec.image_size}",
+        f"data.global_batch_size={spec.batch}",
+        f"data.synthetic_train_samples={spec.batch * 10_000}",  # no epoch ends in the run
+        f"distributed.device={ctx.device.type}",
+        f"distributed.precision={'bf16' if ctx.device.type == 'cuda' else 'fp32'}",
+        "distributed.precision_mode=autocast",
+        "distributed.zero_stage=1",
+        "schedule.epochs=1",
+        "schedule.name=constant",
+        "checkpoint.enabled=false",
+        "checkpoint.resume=never",
+        "checkpoint.skip_seen_batches=false",  # a segment need not replay earlier batches
+        "logging.plots=false",
+        "logging.tensorboard=false",
+        "logging.progress_bar=false",
+        "logging.activation_every_steps=0",
+        f"run.output_dir={run_dir}",
+        *TRAINER_OPTIMIZERS[optimizer],
+    ]
+    return TrainerRun(load_config(None, overrides))
 
 
 class TrainStep:
@@ -238,7 +222,7 @@ def part_throughput(ctx: Context) -> Outcome:
             for opt in TRAINER_OPTIMIZERS:
                 run_dir = ctx.work / "throughput" / f"{spec.name}-{opt}"
                 shutil.rmtree(run_dir, ignore_errors=True)
-                builders[f"trainer_{opt}"] = functools.partial(TrainerRun, ctx, spec, opt, run_dir)
+                builders[f"trainer_{opt}"] = functools.partial(trainer_run, ctx, spec, opt, run_dir)
         medians, peaks, failed = interleave(builders, sizes, ctx.device)
         outcome.metrics[role] = {"model": spec.name, **medians}
         for key, label in VARIANTS.items():

@@ -2,14 +2,22 @@
 
 The machines are shared and noisy, so what a benchmark compares runs in turn, round after
 round, in one process: load from elsewhere then hits every variant alike, and the median of
-each variant's measurements drops the rounds that a burst of load spoiled.
+each variant's measurements drops the rounds that a burst of load spoiled. A trainer takes
+its turns as a :class:`TrainerRun`.
 """
 
 from __future__ import annotations
 
+import csv
 import statistics
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from adaact_dist.train.metrics import TRAIN_CSV
+
+if TYPE_CHECKING:
+    from adaact_dist.train import TrainConfig
 
 Measure = Callable[[], "float | Sequence[float]"]
 """One turn of a variant: its figure (seconds, images/s), or one figure per step it ran."""
@@ -54,3 +62,32 @@ def interleaved_medians(
             if round_ >= warmup:
                 figures[name] += figure if isinstance(figure, Sequence) else [figure]
     return {name: statistics.median(figures[name]) for name in names if name not in failed}
+
+
+class TrainerRun:
+    """One trainer, continued segment by segment: ``Trainer.run()`` goes on where it stopped
+    once ``run.stop_after_steps`` is raised, so taking turns costs no rebuild.
+
+    Args:
+        config: The run's config (its ``run.output_dir`` is where the trainer's records go).
+        figure: The column of the trainer's per-step records (``metrics.csv``) that
+            :meth:`advance` returns: ``images_per_s`` or ``step_time_s``.
+    """
+
+    def __init__(self, config: TrainConfig, figure: str = "images_per_s"):
+        from adaact_dist.train import Trainer
+
+        self.trainer, self.figure = Trainer(config), figure
+
+    def advance(self, steps: int) -> list[float]:
+        """The figure of each of the next ``steps`` steps, as the trainer recorded it."""
+        first = self.trainer.state.global_step
+        self.trainer.config.run.stop_after_steps = first + steps
+        self.trainer.run()
+        with (self.trainer.run_dir / TRAIN_CSV).open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        done = self.trainer.state.global_step
+        return [float(r[self.figure]) for r in rows if first <= int(r["step"]) < done]
+
+    def close(self) -> None:
+        self.trainer.close()
