@@ -31,13 +31,13 @@ import torch
 
 from adaact_dist._machine import cpu_name
 from adaact_dist.train.config_io import load_config
-from benchmarks.timing import TrainerRun, interleaved_medians
+from benchmarks.timing import (
+    TRAINER_OPTIMIZERS,
+    TrainerRun,
+    interleaved_medians,
+    optimizer_overrides,
+)
 
-OPTIMIZERS = {  # lr only keeps the short runs finite; speed does not depend on it
-    "adaact": ["optim.name=adaact", "optim.lr=0.1"],
-    "sgd": ["optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9"],
-    "adamw": ["optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.05"],
-}
 COMMON = [
     "checkpoint.enabled=false",
     "checkpoint.resume=never",
@@ -68,10 +68,9 @@ def workloads(args) -> dict[str, tuple[str | None, list[str]]]:
 
 def bench(name, base, overrides, args, scratch: Path) -> dict[str, dict[str, float]]:
     runs = {}
-    for opt in OPTIMIZERS:
-        config = load_config(
-            base, [*COMMON, *overrides, *OPTIMIZERS[opt], f"run.output_dir={scratch / name / opt}"]
-        )
+    for opt in TRAINER_OPTIMIZERS:
+        output = f"run.output_dir={scratch / name / opt}"
+        config = load_config(base, [*COMMON, *overrides, *optimizer_overrides(opt), output])
         runs[opt] = TrainerRun(config, figure="step_time_s")
     turns = {opt: functools.partial(run.advance, args.steps) for opt, run in runs.items()}
     medians = interleaved_medians(turns, args.rounds, warmup=args.warmup, rotate=True)

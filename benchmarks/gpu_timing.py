@@ -31,7 +31,13 @@ from benchmarks.gpu_parts import (
     require,
     synchronize,
 )
-from benchmarks.timing import Measure, TrainerRun, interleaved_medians
+from benchmarks.timing import (
+    TRAINER_OPTIMIZERS,
+    Measure,
+    TrainerRun,
+    interleaved_medians,
+    optimizer_overrides,
+)
 
 # -- 2. loaders ------------------------------------------------------------------------------
 EVAL = {"is_training": False, "shuffle": False}  # the training shards, read the evaluation way
@@ -109,11 +115,6 @@ def epoch_rate(loader, epoch: int, device: torch.device) -> float:
 
 
 # -- 3. training throughput ------------------------------------------------------------------
-TRAINER_OPTIMIZERS = {  # small lrs keep the short runs finite; speed does not depend on them
-    "sgd": ["optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.9"],
-    "adaact": ["optim.name=adaact", "optim.lr=0.01"],
-    "adamw": ["optim.name=adamw", "optim.lr=0.0001", "optim.weight_decay=0.05"],
-}
 VARIANTS = {
     "trainer_sgd": "trainer, SGD-momentum",
     "trainer_adaact": "trainer, AdaAct",
@@ -150,7 +151,7 @@ def trainer_run(ctx: Context, spec: ModelSpec, optimizer: str, run_dir: Path) ->
         "logging.progress_bar=false",
         "logging.activation_every_steps=0",
         f"run.output_dir={run_dir}",
-        *TRAINER_OPTIMIZERS[optimizer],
+        *optimizer_overrides(optimizer),
     ]
     return TrainerRun(load_config(None, overrides))
 

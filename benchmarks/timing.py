@@ -3,7 +3,7 @@
 The machines are shared and noisy, so what a benchmark compares runs in turn, round after
 round, in one process: load from elsewhere then hits every variant alike, and the median of
 each variant's measurements drops the rounds that a burst of load spoiled. A trainer takes
-its turns as a :class:`TrainerRun`.
+its turns as a :class:`TrainerRun`, with one of :data:`TRAINER_OPTIMIZERS`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from adaact_dist.train.metrics import TRAIN_CSV
+from adaact_dist.train.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:
     from adaact_dist.train import TrainConfig
@@ -62,6 +63,23 @@ def interleaved_medians(
             if round_ >= warmup:
                 figures[name] += figure if isinstance(figure, Sequence) else [figure]
     return {name: statistics.median(figures[name]) for name in names if name not in failed}
+
+
+TRAINER_OPTIMIZERS = ("adaact", "sgd", "adamw")
+"""What the throughput benchmarks compare in the trainer (names of
+:data:`~adaact_dist.train.optimizers.OPTIMIZERS`, in its order)."""
+
+SHORT_RUN_LR_FACTOR = 1 / 40
+"""A timed run takes this fraction of its optimizer's base lr: a small lr keeps short runs on
+noise (synthetic labels) finite, and the speed does not depend on it."""
+
+
+def optimizer_overrides(name: str) -> list[str]:
+    """The ``optim.*`` overrides of a timed run of optimizer ``name``: its usual weight decay
+    and :data:`SHORT_RUN_LR_FACTOR` times its base lr."""
+    spec = OPTIMIZERS[name]
+    lr, decay = spec.base_lr * SHORT_RUN_LR_FACTOR, spec.weight_decay
+    return [f"optim.name={name}", f"optim.lr={lr:g}", f"optim.weight_decay={decay:g}"]
 
 
 class TrainerRun:
