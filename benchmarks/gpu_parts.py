@@ -8,20 +8,18 @@ saying why it cannot run here. The timed parts are in ``gpu_timing.py``.
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from xml.etree import ElementTree
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,157 +154,101 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
 
-# -- 1. correctness on CUDA ----------------------------------------------------------------------
-def run_pytest(ctx: Context, name: str, args: list[str]) -> Outcome:
-    """Run pytest on ``args`` (in this part's process) and count its JUnit report's outcomes."""
+# -- 1. correctness on CUDA: the test suite's CUDA tests, run by pytest as they are -----------
+class OutcomeRecorder:
+    """A pytest plugin: each test's outcome (``failed`` if a phase failed, else ``skipped`` if
+    one skipped, else ``passed``), the first line of why, and what it recorded with pytest's
+    ``record_property``."""
+
+    def __init__(self) -> None:
+        self.tests: dict[str, dict[str, Any]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        test = self.tests.setdefault(
+            report.nodeid, {"outcome": "passed", "why": "", "properties": {}}
+        )
+        if report.failed or (report.skipped and test["outcome"] == "passed"):
+            test["outcome"], test["why"] = report.outcome, _why(report)
+        test["properties"].update(report.user_properties)
+
+
+def _why(report: pytest.TestReport) -> str:
+    """A skip's reason, or the first line of a failure's error."""
+    if isinstance(report.longrepr, tuple):  # a skip: (file, line, "Skipped: reason")
+        return report.longrepr[2].removeprefix("Skipped: ")
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else report.longreprtext
+    return (text.strip().splitlines() or [""])[0]
+
+
+def run_pytest(paths: Sequence[str], keyword: str) -> Outcome:
+    """Run pytest on the tests in ``paths`` (relative to the repository root) whose names match
+    ``keyword``, in this part's process, and report their outcomes: counts per file, the failed
+    tests with why, what the tests recorded, and why the skipped ones skipped."""
     require("pytest")
+    missing = [path for path in paths if not (ROOT / path).exists()]
+    if missing:  # the Docker image holds no tests/
+        raise Skipped(f"{', '.join(missing)} not in this copy of the project")
     import pytest
 
-    report = ctx.work / f"{name}.xml"
-    report.unlink(missing_ok=True)
-    pytest.main(["-q", "-p", "no:cacheprovider", f"--junitxml={report}", *args])
-    if not report.exists():
-        raise RuntimeError("pytest wrote no JUnit report (its output is in the log)")
-    totals, per_module = collections.Counter(), collections.defaultdict(collections.Counter)
-    failures, skip_reasons = [], collections.Counter()
-    for case in ElementTree.parse(report).iter("testcase"):
-        found = [child for child in case if child.tag in ("failure", "error", "skipped")]
-        kind = (
-            {"failure": "failed", "error": "failed"}.get(found[0].tag, "skipped")
-            if found
-            else "passed"
-        )
-        totals[kind] += 1
-        per_module[case.get("classname", "?")][kind] += 1
-        message = (found[0].get("message") or "").splitlines()[0:1] if found else []
-        if kind == "failed":
-            failures.append(f"{case.get('classname')}::{case.get('name')}: {''.join(message)}")
-        elif kind == "skipped":
-            skip_reasons["".join(message)] += 1
-    outcome = Outcome(metrics={k: totals[k] for k in ("passed", "failed", "skipped")})
+    outcomes = OutcomeRecorder()
+    arguments = ["-q", "-p", "no:cacheprovider", *(str(ROOT / path) for path in paths)]
+    status = pytest.ExitCode(pytest.main([*arguments, "-k", keyword], plugins=[outcomes]))
+    tests = outcomes.tests
+    totals = collections.Counter(test["outcome"] for test in tests.values())
+    outcome = Outcome(metrics={kind: totals[kind] for kind in ("passed", "failed", "skipped")})
+    outcome.metrics["tests"] = {nodeid: test["outcome"] for nodeid, test in tests.items()}
+    per_file = collections.defaultdict(collections.Counter)
+    for nodeid, test in tests.items():
+        per_file[nodeid.split("::")[0]][test["outcome"]] += 1
     outcome.rows = [
-        {"tests": module, **{k: c[k] for k in ("passed", "failed", "skipped")}}
-        for module, c in per_module.items()
+        {"tests": file, **{kind: counts[kind] for kind in ("passed", "failed", "skipped")}}
+        for file, counts in per_file.items()
     ]
-    outcome.failures = failures or ([] if totals else ["pytest selected no test"])
-    if totals and not totals["passed"] and not failures:
-        reason, _ = skip_reasons.most_common(1)[0]
+    outcome.failures = [
+        f"{nodeid}: {test['why']}" for nodeid, test in tests.items() if test["outcome"] == "failed"
+    ]
+    if status == pytest.ExitCode.NO_TESTS_COLLECTED:
+        outcome.failures.append("pytest selected no test")
+    elif status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        outcome.failures.append(
+            f"pytest exited with status {status.value} ({status.name}); its output is in the log"
+        )
+    skipped = collections.Counter(t["why"] for t in tests.values() if t["outcome"] == "skipped")
+    if tests and not totals["passed"] and not totals["failed"] and not outcome.failures:
+        reason, _ = skipped.most_common(1)[0]
         raise Skipped(f"all {totals['skipped']} selected tests skipped: {reason}")
+    outcome.notes = [
+        f"`{nodeid}`: " + "; ".join(f"{key} {_note_value(value)}" for key, value in props)
+        for nodeid, test in tests.items()
+        if (props := test["properties"].items())
+    ]
+    outcome.notes += [f"{count} skipped: {reason}" for reason, count in skipped.items()]
     return outcome
+
+
+def _note_value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def part_optim_tests(ctx: Context) -> Outcome:
     """The optimizer-core tests on the CUDA device: float64 oracle, fp32/bf16 steps, statistics
     kernels in every layout, the timm model zoo (``pytest tests/optim -k cuda``)."""
-    return run_pytest(ctx, "optim_tests", [*ctx.sizes.optim_tests, "-k", "cuda"])
-
-
-FP32_TOL = 1e-4  # cuDNN's fp32 kernels (TF32 off) against the CPU control: summation order only
-LOW_TOL = 2e-2  # bf16/fp16 weights and activations against the fp32 control, as on CPU
+    return run_pytest(ctx.sizes.optim_tests, "cuda")
 
 
 def part_deepspeed_nccl(ctx: Context) -> Outcome:
     """1-rank NCCL runs of ZeRO 0/1/2 in fp32, bf16 and fp16 (dynamic loss scaling, which the CPU
-    suite cannot run), with overflow steps, against the CPU suite's one-process controls."""
+    suite cannot run), with overflow steps, against the CPU suite's one-process controls
+    (``pytest tests/distributed/test_deepspeed.py -k nccl``)."""
     require("deepspeed")
     if ctx.device.type != "cuda":
         raise Skipped("NCCL needs a CUDA GPU (the CPU suites in tests/distributed run on gloo)")
-    out = ctx.work / "deepspeed"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    worker = ROOT / "tests" / "distributed" / "worker.py"
-    command = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1",
-        "--master_port", str(free_port()), str(worker),
-        "--suite", "gpu", "--device", "cuda", "--out", str(out),
-    ]  # fmt: skip
-    subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-    return check_gpu_suite(torch.load(out / "gpu.pt", weights_only=False)[0])
-
-
-def check_gpu_suite(results: dict) -> Outcome:
-    """The CPU tests' checks on the GPU suite's runs: weights and ``V`` near the controls, ranks
-    identical, one statistics sync per step, overflow steps skipped without a trace."""
-    from tests.distributed.common import max_relative_error, named_params, run_control
-
-    outcome = Outcome()
-    fp32 = run_control(steps=6, micro_batches=2)
-    low = run_control(steps=5, micro_batches=2, batchnorm=False)
-    controls = {
-        "fp32": (named_params(fp32["model"]), FP32_TOL),
-        "low": (named_params(low["model"]), LOW_TOL),
-    }
-
-    def check(label: str, run: dict, control: str, **checks: bool) -> None:
-        want, tolerance = controls[control]
-        error = max_relative_error(run["params"], want)
-        checks = {
-            f"weights within {tolerance:g} of the control": error < tolerance,
-            "ranks identical": all(run["identical"]),
-            **checks,
-        }
-        missed = [text for text, held in checks.items() if not held]
-        outcome.failures += [f"{label}: {text} failed" for text in missed]
-        outcome.rows.append(
-            {
-                "run": label,
-                "engine optimizer": run["wrapper"],
-                "max rel. error vs control": error,
-                "skipped steps": run["skipped"],
-                "checks": "; ".join(missed) or f"all {len(checks)} hold",
-            }
-        )
-
-    precisions = ["bf16", "fp16"] if results["fp16_supported"] else ["bf16"]
-    if not results["fp16_supported"]:
-        outcome.failures.append("DeepSpeed's accelerator reports no fp16 on this GPU")
-    for stage in (0, 1, 2):
-        run = results[f"fp32_s{stage}"]
-        got, want = run["second_moments"][6], fp32["second_moments"][6]
-        v_error = ((got - want).norm() / want.norm()).item()
-        check(
-            f"fp32 ZeRO-{stage}",
-            run,
-            "fp32",
-            **{
-                f"V within {FP32_TOL:g}": v_error < FP32_TOL,
-                "one sync per step": run["sync_calls"] == 6,
-            },
-        )
-        for precision in precisions:
-            straight = results[f"{precision}_s{stage}"]
-            skipped = results[f"{precision}_s{stage}_overflow"]
-            label = f"{precision} ZeRO-{stage}"
-            check(label, straight, "low", **{"no step skipped": not straight["skipped"]})
-            same_weights = all(torch.equal(a, b) for a, b in zip(straight["flat"], skipped["flat"]))
-            not_folded = (
-                skipped["stats_step"] == straight["stats_step"] == 5
-                and skipped["layer_steps"] == straight["layer_steps"]
-                and skipped["state_steps"] == straight["state_steps"]
-                and torch.equal(skipped["second_moments"][5], straight["second_moments"][5])
-            )
-            check(
-                f"{label}, overflow before step 3",
-                skipped,
-                "low",
-                **{
-                    "the overflow step skipped": skipped["skipped"] == 1,
-                    "same weights as without it": same_weights,
-                    "its statistics not folded": not_folded,
-                },
-            )
-    outcome.metrics = {"runs": len(outcome.rows), "failed_checks": len(outcome.failures)}
-    return outcome
+    return run_pytest(["tests/distributed/test_deepspeed.py"], "nccl")
 
 
 def part_dali_test(ctx: Context) -> Outcome:
@@ -314,7 +256,7 @@ def part_dali_test(ctx: Context) -> Outcome:
     require("nvidia.dali")
     if ctx.device.type != "cuda":
         raise Skipped("DALI's 'mixed' decoding needs a CUDA GPU")
-    return run_pytest(ctx, "dali_test", ["tests/data/test_dali.py", "-k", "mixed_gpu_decoding"])
+    return run_pytest(["tests/data/test_dali.py"], "mixed_gpu_decoding")
 
 
 # -- 6. a real run ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """``python -m benchmarks.gpu_check``: ``--smoke`` runs every part (or says why not) and writes a
-well-formed report; without a GPU and without ``--smoke`` it says so and exits 0."""
+well-formed report; the parts that run the suite's CUDA tests report each test's outcome;
+without a GPU and without ``--smoke`` it says so and exits 0."""
 
 from __future__ import annotations
 
@@ -66,3 +67,57 @@ def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
     done = gpu_check("--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"))
     assert done.returncode == 0 and "No CUDA GPU here" in done.stdout
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+SAMPLE_TESTS = """
+import pytest
+
+def test_passes(record_property):
+    record_property("max rel. error", 1.23456e-5)
+    record_property("engine optimizer", "BF16_Optimizer")
+
+def test_fails():
+    assert 1 + 1 == 3, "arithmetic broke"
+
+def test_skips():
+    pytest.skip("needs a GPU")
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture broke")
+
+def test_errors_in_setup(broken):
+    pass
+
+def test_not_selected():
+    pass
+"""
+
+
+def test_a_pytest_part_reports_each_tests_outcome_why_and_figures(tmp_path):
+    (tmp_path / "test_sample.py").write_text(SAMPLE_TESTS)
+    script = (
+        "import dataclasses, json, sys\n"
+        "from benchmarks.gpu_parts import run_pytest\n"
+        "print(json.dumps(dataclasses.asdict(run_pytest([sys.argv[1]], 'not not_selected'))))"
+    )
+    command = [sys.executable, "-c", script, str(tmp_path / "test_sample.py")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    outcome = json.loads(done.stdout.splitlines()[-1])  # after pytest's own output
+    outcomes = {"passes": "passed", "fails": "failed", "skips": "skipped"}
+    outcomes["errors_in_setup"] = "failed"
+    assert outcome["metrics"]["tests"] == {
+        f"test_sample.py::test_{name}": kind for name, kind in outcomes.items()
+    }
+    counts = {"passed": 1, "failed": 2, "skipped": 1}
+    assert {key: outcome["metrics"][key] for key in counts} == counts
+    assert outcome["rows"] == [{"tests": "test_sample.py", **counts}]
+    assert outcome["failures"] == [
+        "test_sample.py::test_fails: AssertionError: arithmetic broke",
+        "test_sample.py::test_errors_in_setup: RuntimeError: fixture broke",
+    ]
+    assert outcome["notes"] == [
+        "`test_sample.py::test_passes`: max rel. error 1.23e-05; engine optimizer BF16_Optimizer",
+        "1 skipped: needs a GPU",
+    ]

@@ -1,4 +1,5 @@
-"""Real multi-process runs: the deepspeed launcher starts ``worker.py`` on 1 or 2 CPU ranks.
+"""Real multi-process runs: the deepspeed launcher starts ``worker.py`` on 1 or 2 CPU ranks
+(or, for the NCCL tests, on one GPU).
 
 Launching costs more than the runs, so each fixture launches one suite once per session
 and the tests read what its rank 0 saved. A failure names the scenario it happened in and
@@ -84,8 +85,10 @@ def _tail(log: str, chars: int = 8000) -> str:
     return log[max(start, 0) :][-chars:]
 
 
-def run_suite(suite: str, out: Path, ranks: int, launcher: str = "deepspeed") -> list[dict]:
-    done = launch(suite, out, ranks, launcher=launcher)
+def run_suite(
+    suite: str, out: Path, ranks: int, *extra: str, launcher: str = "deepspeed"
+) -> list[dict]:
+    done = launch(suite, out, ranks, *extra, launcher=launcher)
     if done.returncode != 0:
         pytest.fail(
             f"suite {suite} failed in {_last_scenario(done.stdout)} (status {done.returncode}); "
@@ -123,3 +126,16 @@ def two_from_one_suite(out_dir, one_rank_suite) -> list[dict]:
 def ddp_suite(out_dir) -> list[dict]:
     """Plain torch.distributed: DistributedDataParallel + TorchStatsSync, under torchrun."""
     return run_suite("ddp", out_dir, ranks=2, launcher="torchrun")
+
+
+@pytest.fixture(scope="session")
+def gpu_suite(out_dir) -> list[dict]:
+    """One GPU rank over NCCL: ZeRO 0/1/2 in fp32, bf16 and fp16 with dynamic loss scaling
+    (which DeepSpeed's CPU accelerator refuses), each low-precision run also with an overflow
+    step; accumulation 2 makes the global batch of the 2-rank CPU suite."""
+    if not torch.cuda.is_available():
+        pytest.skip(
+            "NCCL needs a CUDA GPU; none here (the CPU suites run on gloo; "
+            "python -m benchmarks.gpu_check runs these on one)"
+        )
+    return run_suite("gpu", out_dir, 1, "--device", "cuda")

@@ -1,4 +1,5 @@
-"""AdaAct under DeepSpeed on 2 real CPU ranks (gloo) against one-process controls.
+"""AdaAct under DeepSpeed on 2 real CPU ranks (gloo), and on one GPU (NCCL; skipped without a
+CUDA GPU), against one-process controls.
 
 Control: plain AdaAct in this process on the same global batches, accumulating the
 micro-batches that the ranks run, so BatchNorm sees the same batches. Experiment: the
@@ -18,6 +19,8 @@ from tests.distributed.common import max_relative_error, moved, named_params, ru
 STAGES = (0, 1, 2)
 ZERO_WRAPPER = {0: "AdaAct", 1: "DeepSpeedZeroOptimizer", 2: "DeepSpeedZeroOptimizer"}
 TOL = 1e-5
+LOW_TOL = 2e-2  # bf16/fp16 forward/backward against the fp32 control
+NCCL_FP32_TOL = 1e-4  # cuDNN's fp32 kernels (TF32 off) against the CPU control: summation order
 
 
 def assert_identical_ranks(runs: list[dict]) -> None:
@@ -113,7 +116,7 @@ def test_bf16_trains_like_fp32(main_suite, stage, wrapper):
     runs = [rank[f"bf16_s{stage}"] for rank in main_suite]
     assert runs[0]["wrapper"] == wrapper
     control = named_params(run_control(steps=5, micro_batches=2, batchnorm=False)["model"])
-    assert max_relative_error(runs[0]["params"], control) < 2e-2  # bf16 forward/backward
+    assert max_relative_error(runs[0]["params"], control) < LOW_TOL
     assert_identical_ranks(runs)
 
 
@@ -226,3 +229,56 @@ def test_the_binding_warns_when_deepspeed_clips_by_default(main_suite):
     assert "clips the global gradient norm at 1 before every AdaAct step" in warning
     assert '"gradient_clipping": 0' in warning
     assert main_suite[0]["no_clipping_warnings"] == []
+
+
+# -- one GPU rank over NCCL: the same controls, fp16 with dynamic loss scaling -------------------
+@pytest.mark.parametrize("stage", STAGES)
+def test_nccl_fp32_matches_the_cpu_control(gpu_suite, stage, record_property):
+    run = gpu_suite[0][f"fp32_s{stage}"]
+    control = run_control(steps=6, micro_batches=2)
+    error = max_relative_error(run["params"], named_params(control["model"]))
+    got, want = run["second_moments"][6], control["second_moments"][6]
+    v_error = ((got - want).norm() / want.norm()).item()
+    record_property("engine optimizer", run["wrapper"])
+    record_property("max rel. error vs control", error)
+    record_property("V rel. error vs control", v_error)
+    assert error < NCCL_FP32_TOL
+    assert v_error < NCCL_FP32_TOL
+    assert_identical_ranks([run])
+    assert run["sync_calls"] == 6  # one collective per optimizer step
+
+
+def nccl_low_precision(gpu_suite, precision: str, stage: int) -> tuple[dict, dict, dict]:
+    """The run without and with an overflow step, and the control's weights."""
+    results = gpu_suite[0]
+    if precision == "fp16":
+        assert results["fp16_supported"], "DeepSpeed's accelerator reports no fp16 on this GPU"
+    straight, skipped = results[f"{precision}_s{stage}"], results[f"{precision}_s{stage}_overflow"]
+    control = named_params(run_control(steps=5, micro_batches=2, batchnorm=False)["model"])
+    return straight, skipped, control
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_nccl_low_precision_trains_like_fp32(gpu_suite, precision, stage, record_property):
+    straight, _, control = nccl_low_precision(gpu_suite, precision, stage)
+    error = max_relative_error(straight["params"], control)
+    record_property("engine optimizer", straight["wrapper"])
+    record_property("max rel. error vs control", error)
+    assert error < LOW_TOL
+    assert_identical_ranks([straight])
+    assert straight["skipped"] == 0
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_nccl_overflow_step_neither_counts_nor_folds_statistics(
+    gpu_suite, precision, stage, record_property
+):
+    straight, skipped, control = nccl_low_precision(gpu_suite, precision, stage)
+    error = max_relative_error(skipped["params"], control)
+    record_property("max rel. error vs control", error)
+    record_property("skipped steps", skipped["skipped"])
+    assert error < LOW_TOL
+    assert_identical_ranks([skipped])
+    assert_skipped_step_left_no_trace(straight, skipped)

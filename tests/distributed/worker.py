@@ -1,8 +1,8 @@
-"""One rank of the distributed tests; ``tests/distributed/launch.py`` starts it with the deepspeed
+"""One rank of the distributed tests; ``conftest.py`` starts it with the deepspeed
 launcher. Each suite runs many engines in one process group (launching is the slow
 part) and rank 0 saves everything the tests compare to ``<out>/<suite>.pt``.
 
-``--device cuda`` runs a suite on this rank's GPU over NCCL (``benchmarks/gpu_check.py``
+``--device cuda`` runs a suite on this rank's GPU over NCCL (the ``gpu_suite`` fixture
 launches the ``gpu`` suite so); the default is the CPU and gloo.
 """
 

@@ -9,5 +9,5 @@ import torch
 @pytest.fixture(params=["cpu", "cuda"])
 def device(request) -> torch.device:
     if request.param == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device on this machine (benchmarks/gpu_check.py runs these on one)")
+        pytest.skip("no CUDA device here (python -m benchmarks.gpu_check runs these on one)")
     return torch.device(request.param)
