@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import importlib.util
-import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -284,18 +283,19 @@ def part_demo(ctx: Context) -> Outcome:
         *ctx.sizes.demo_overrides,
     ]
     from adaact_dist.train import load_config, train
+    from adaact_dist.train.run_summary import RunSummary
 
     train(load_config("demo", overrides))  # what launch/train_imagenet.py --config demo runs
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunSummary.read(run_dir)
     keys = ("final_top1", "best_top1", "epochs_done", "steps", "wall_time_s", "images_per_s")
-    outcome = Outcome(metrics={key: summary[key] for key in keys})
+    outcome = Outcome(metrics={key: getattr(summary, key) for key in keys})
     data = "DALI, mixed decoding on the GPU" if gpu else "webdataset, CPU"
     outcome.rows = [{"data": data, **outcome.metrics}]
-    if not summary["finished"]:
-        outcome.failures.append(f"the run stopped early: {summary['stop_reason']}")
-    elif gpu and summary["final_top1"] < DEMO_MIN_TOP1:
+    if not summary.finished:
+        outcome.failures.append(f"the run stopped early: {summary.stop_reason}")
+    elif gpu and summary.final_top1 < DEMO_MIN_TOP1:
         outcome.failures.append(
-            f"final top-1 {summary['final_top1']:.1f} % is below {DEMO_MIN_TOP1} % "
+            f"final top-1 {summary.final_top1:.1f} % is below {DEMO_MIN_TOP1} % "
             "(the CPU demo reaches 98.1 %)"
         )
     return outcome
