@@ -13,10 +13,14 @@ Every part at a tiny size on the CPU, reported into DIR (what ``tests/benchmarks
 whole run (default 470 s); ``--work DIR`` keeps the parts' logs, runs and the photo set.
 Each part runs in a child process of its own under its own time budget, so that a CUDA crash or
 a hang in one cannot take the others down; it ends ok, failed (with the reason and the tail of
-its log) or skipped (with the reason: no GPU, DeepSpeed/DALI/pytest not installed). The
-correctness parts and the demo share the GPU concurrently (their speed is not measured); the
-timed parts run alone, one after the other. Goals are reported as measured against their
-targets, never asserted. Without a CUDA GPU (and without ``--smoke``) it says so and exits 0.
+its log) or skipped (with the reason: no GPU, DeepSpeed/DALI/pytest not installed; a machine
+with torch and timm alone runs the rest). The correctness parts run the test suite's CUDA tests
+through pytest as they are (``tests/optim -k cuda``, ``tests/distributed/test_deepspeed.py -k
+nccl``, ``tests/data/test_dali.py -k mixed_gpu_decoding``) and report each test's outcome.
+The correctness parts and the demo share the GPU concurrently (their speed is not measured);
+the timed parts run alone, one after the other, each comparing its variants in interleaved
+rounds (``benchmarks/timing.py``). Goals are reported as measured against their targets, never
+asserted. Without a CUDA GPU (and without ``--smoke``) it says so and exits 0.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Each part takes a :class:`Context` (``--smoke`` or not, a scratch folder) and returns an
 :class:`Outcome` (figures, table rows, notes, failed checks), or raises :class:`Skipped`
-saying why it cannot run here. The timed parts are in ``gpu_timing.py``.
+saying why it cannot run here. The correctness checks are the test suite's CUDA tests, which
+:func:`run_pytest` runs as they are; the demo part trains the demo recipe to its end. The timed
+parts are in ``gpu_timing.py``.
 """
 
 from __future__ import annotations
