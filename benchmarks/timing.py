@@ -12,13 +12,10 @@ import csv
 import statistics
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
+from adaact_dist.train import TrainConfig, Trainer
 from adaact_dist.train.metrics import TRAIN_CSV
 from adaact_dist.train.optimizers import OPTIMIZERS
-
-if TYPE_CHECKING:
-    from adaact_dist.train import TrainConfig
 
 Measure = Callable[[], "float | Sequence[float]"]
 """One turn of a variant: its figure (seconds, images/s), or one figure per step it ran."""
@@ -93,8 +90,6 @@ class TrainerRun:
     """
 
     def __init__(self, config: TrainConfig, figure: str = "images_per_s"):
-        from adaact_dist.train import Trainer
-
         self.trainer, self.figure = Trainer(config), figure
 
     def advance(self, steps: int) -> list[float]:
