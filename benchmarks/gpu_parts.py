@@ -192,7 +192,7 @@ def run_pytest(paths: Sequence[str], keyword: str) -> Outcome:
     tests with why, what the tests recorded, and why the skipped ones skipped."""
     require("pytest")
     missing = [path for path in paths if not (ROOT / path).exists()]
-    if missing:  # the Docker image holds no tests/
+    if missing:  # a copy of the project without its tests/
         raise Skipped(f"{', '.join(missing)} not in this copy of the project")
     import pytest
 

@@ -153,7 +153,7 @@ def test_entrypoint_is_the_copied_script_beside_what_it_runs() -> None:
     copies = copied_files()
     assert copies[path] == "docker/entrypoint.sh"
     project = PurePosixPath(path).parent.parent  # the entrypoint's "$(dirname $0)/.."
-    for source in ("launch", "configs", "benchmarks", "adaact_dist", "pyproject.toml"):
+    for source in ("launch", "configs", "benchmarks", "tests", "adaact_dist", "pyproject.toml"):
         assert copies[str(project / source)] == source
     assert arguments_of("WORKDIR")[-1] == str(project)  # runs/ lands in /workspace/runs
 
