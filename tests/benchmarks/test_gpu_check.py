@@ -5,6 +5,7 @@ without a GPU and without ``--smoke`` it says so and exits 0."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,13 +97,19 @@ def test_not_selected():
 
 def test_a_pytest_part_reports_each_tests_outcome_why_and_figures(tmp_path):
     (tmp_path / "test_sample.py").write_text(SAMPLE_TESTS)
+    # pytest's rootdir, which test ids are relative to, then is tmp_path wherever the checkout
+    # lies (started from the checkout, it would be the common ancestor of both folders).
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
     script = (
         "import dataclasses, json, sys\n"
         "from benchmarks.gpu_parts import run_pytest\n"
         "print(json.dumps(dataclasses.asdict(run_pytest([sys.argv[1]], 'not not_selected'))))"
     )
     command = [sys.executable, "-c", script, str(tmp_path / "test_sample.py")]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     outcome = json.loads(done.stdout.splitlines()[-1])  # after pytest's own output
     outcomes = {"passes": "passed", "fails": "failed", "skips": "skipped"}
