@@ -1,6 +1,7 @@
 """One rank of the distributed tests; ``conftest.py`` starts it with the deepspeed
-launcher. Each suite runs many engines in one process group (launching is the slow
-part) and rank 0 saves everything the tests compare to ``<out>/<suite>.pt``.
+launcher, the repository on PYTHONPATH (for ``tests.*``). Each suite runs many engines in one
+process group (launching is the slow part) and rank 0 saves everything the tests compare to
+``<out>/<suite>.pt``.
 
 ``--device cuda`` runs a suite on this rank's GPU over NCCL (the ``gpu_suite`` fixture
 launches the ``gpu`` suite so); the default is the CPU and gloo.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,17 +23,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from adaact_dist.distributed import (  # noqa: E402
+from adaact_dist.distributed import (
     HangWatchdog,
     TorchStatsSync,
     bound_engine_collectives,
     deepspeed_initialize,
     init_distributed,
 )
-from adaact_dist.distributed.deepspeed_binding import bind_deepspeed  # noqa: E402
-from tests.distributed.common import (  # noqa: E402
+from adaact_dist.distributed.deepspeed_binding import bind_deepspeed
+from tests.distributed.common import (
     ds_config,
     make_model,
     make_optimizer,
