@@ -64,16 +64,21 @@ def fit_steps(batch_sizes: Sequence[float], steps: Sequence[float]) -> ScalingFi
 
 
 def max_useful_batch(batch_sizes: Sequence[int], steps: Sequence[float | None]) -> tuple[int, bool]:
-    """The largest batch size reached from the smallest through increases that each cut the
-    steps by at least :data:`USEFUL_CUT`, and whether it is only a lower bound (the largest
-    measured size, still cutting). ``steps`` is ``None`` where no run reached the target: such
-    a batch size is not useful. Raises if the smallest batch size never reached it."""
+    """The largest batch size that still cuts the steps by at least :data:`USEFUL_CUT` against
+    the next smaller one, and whether it is only a lower bound (the largest measured size).
+
+    One increase that saves less does not end the range when a later one saves more: with a
+    few seeds a cell can sit below the curve, and the next cell then seems flat. ``steps`` is
+    ``None`` where no run reached the target; such a size, and every larger one, is not
+    useful. Raises if the smallest batch size never reached the target."""
     pairs = sorted(zip(batch_sizes, steps, strict=True))
     if not pairs or pairs[0][1] is None:
         raise ValueError("the smallest batch size has no steps to target: nothing to compare")
     best, previous = pairs[0]
     for batch, count in pairs[1:]:
-        if count is None or count > (1.0 - USEFUL_CUT) * previous:
-            return best, False
-        best, previous = batch, count
-    return best, True
+        if count is None:
+            break
+        if count <= (1.0 - USEFUL_CUT) * previous:
+            best = batch
+        previous = count
+    return best, best == pairs[-1][0]

@@ -35,8 +35,10 @@ def test_the_fit_needs_two_batch_sizes_and_positive_counts():
         fit_steps([16, 32], [10, 0])
 
 
-def test_max_useful_batch_stops_at_the_first_increase_that_saves_under_10_percent():
+def test_max_useful_batch_is_the_last_increase_that_saves_10_percent():
     assert max_useful_batch([16, 32, 64, 128], [1000, 500, 260, 250]) == (64, False)
+    # A cell below the curve makes the next one look flat; the range goes on past it.
+    assert max_useful_batch([16, 32, 64, 128, 256], [1000, 500, 490, 200, 195]) == (128, False)
     # Every doubling still cuts 10% or more: the largest size is only a lower bound.
     assert max_useful_batch([16, 32, 64], [1000, 600, 500]) == (64, True)
     # A size whose runs never reached the target is not useful.
