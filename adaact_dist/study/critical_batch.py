@@ -40,7 +40,7 @@ GRID_FACTOR = 2.0
 """Ratio of neighbouring lrs in a grid."""
 INITIAL_GRID = (-1, 0, 1)
 """Exponents of :data:`GRID_FACTOR` around the rule's lr that every cell starts with."""
-MAX_EXTENSIONS = 3
+MAX_EXTENSIONS = 5
 """Values a grid may grow beyond its initial edge, on each side."""
 BUDGET_FACTOR = 2.0
 """A run is cut at this multiple of the steps of its cell's fastest run (same seed) so far."""

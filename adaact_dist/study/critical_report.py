@@ -31,6 +31,10 @@ class StudyContext:
     """Cells and noise runs left out (``--report-only`` before the study ended)."""
 
 
+EDGE_MARK = "*"
+"""Marks a best lr at the edge of the lrs its cell tried."""
+
+
 def _number(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -48,11 +52,13 @@ def _steps_table(points: dict[str, list[BatchPoint]]) -> list[str]:
             point = by_size.get(b)
             if point is None:
                 cells.append("")
-            elif point.mean_steps is None:
+                continue
+            lr = f"lr {point.lr:.3g}{EDGE_MARK if point.at_edge else ''}"
+            if point.mean_steps is None:
                 reached = sum(s is not None for s in point.steps)
-                cells.append(f"not reached ({reached}/{len(point.steps)}), lr {point.lr:.3g}")
+                cells.append(f"not reached ({reached}/{len(point.steps)}), {lr}")
             else:
-                cells.append(f"{point.mean_steps:.0f} (lr {point.lr:.3g})")
+                cells.append(f"{point.mean_steps:.0f} ({lr})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -134,6 +140,10 @@ def summary_markdown(
         "## Steps to target at each batch size's best lr (mean over seeds)",
         "",
         *_steps_table(points),
+        "",
+        f"{EDGE_MARK} the best lr is the smallest or largest that its cell tried: where the cell "
+        "is finished, its grid grew as far as it may, and an lr beyond may reach the target in "
+        "fewer steps.",
         "",
         "## Fit of S(B) = S_min (1 + B_noise / B)",
         "",

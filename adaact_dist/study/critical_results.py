@@ -89,6 +89,9 @@ class BatchPoint:
     lr: float
     steps: list[int | None]
     """Per seed (seed order); None where that seed did not reach the target."""
+    at_edge: bool = False
+    """The best lr is the smallest or largest tried: in a finished cell, its grid has grown as
+    far as it may, and an lr beyond that edge may do better."""
 
     @property
     def mean_steps(self) -> float | None:
@@ -106,7 +109,9 @@ def best_points(outcomes: Sequence[Outcome], optimizer: str) -> list[BatchPoint]
         cell = [o for o in mine if o.run.batch_size == batch]
         lr = best_lr(cell)
         seeds = sorted((o for o in cell if o.run.lr == lr), key=lambda o: o.run.seed)
-        points.append(BatchPoint(batch, lr, [o.steps for o in seeds]))
+        tried = {o.run.lr for o in cell}
+        at_edge = len(tried) > 1 and lr in (min(tried), max(tried))
+        points.append(BatchPoint(batch, lr, [o.steps for o in seeds], at_edge))
     return points
 
 

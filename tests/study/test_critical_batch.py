@@ -21,7 +21,12 @@ from adaact_dist.study.critical_batch import (
     next_lr,
     step_budget,
 )
-from adaact_dist.study.critical_results import CRITICAL_FIELDS, NOISE_FIELDS, STEPS_FIELDS
+from adaact_dist.study.critical_results import (
+    CRITICAL_FIELDS,
+    NOISE_FIELDS,
+    STEPS_FIELDS,
+    best_points,
+)
 
 CELL = Cell("digits", "adaact", 64, center=0.4)
 
@@ -45,7 +50,7 @@ def _grow(steps_of) -> list[float]:
 
 def test_the_grid_starts_at_the_rule_and_grows_towards_its_best_edge():
     assert _grow(lambda lr: 100) == [0.4, 0.2, 0.8]  # a tie: the smallest lr wins, inside
-    assert _grow(lambda lr: round(100 / lr)) == [0.4, 0.2, 0.8, 1.6, 3.2, 6.4]
+    assert _grow(lambda lr: round(100 / lr)) == [0.4, 0.2, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6]
     assert len(_grow(lambda lr: round(100 / lr))) == len(INITIAL_GRID) + MAX_EXTENSIONS
     # The best inside the grown grid: it stops there.
     assert _grow(lambda lr: {0.4: 300, 0.2: 400, 0.8: 200, 1.6: 150, 3.2: 170}.get(lr)) == [
@@ -71,6 +76,16 @@ def test_a_run_is_cut_where_it_can_no_longer_be_its_cells_best():
     assert step_budget(3000, 2, outcomes) == 3000  # nothing reached yet with that seed
     assert step_budget(150, 0, outcomes) == 150
     assert step_budget(3000, 0, [_outcome(0.4, 0, 2)], least=11) == 11  # past the warm-up
+
+
+def test_a_best_lr_on_the_edge_of_what_its_cell_tried_is_flagged():
+    inside = [_outcome(0.2, 0, 300), _outcome(0.4, 0, 200), _outcome(0.8, 0, 250)]
+    (point,) = best_points(inside, "adaact")
+    assert (point.lr, point.steps, point.at_edge) == (0.4, [200], False)
+    (point,) = best_points([*inside, _outcome(0.1, 0, 150)], "adaact")
+    assert (point.lr, point.at_edge) == (0.1, True)
+    (point,) = best_points([_outcome(0.4, 0, 200)], "adaact")  # one lr: no edge to speak of
+    assert not point.at_edge
 
 
 def test_fixed_lrs_are_tried_in_order_and_never_grown():
