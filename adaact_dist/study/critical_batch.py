@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adaact_dist.study.recipes import RUN_KEYS
-from adaact_dist.study.runner import run_state
+from adaact_dist.study.runner import RunState, run_state
 from adaact_dist.train.optimizers import OPTIMIZERS
 from adaact_dist.train.run_summary import RunSummary
 
@@ -116,9 +116,9 @@ class Outcome:
 def read_outcome(run: CriticalRun) -> Outcome | None:
     """The run's result, or None while it has not finished (nor diverged)."""
     state = run_state(run.run_dir)
-    if state == "diverged":
+    if state == RunState.DIVERGED:
         return Outcome(run, None, None)
-    if state != "finished":
+    if state != RunState.FINISHED:
         return None
     summary = RunSummary.read(run.run_dir)
     return Outcome(run, summary.target_steps, summary.best_top1)

@@ -20,13 +20,13 @@ from pathlib import Path
 from adaact_dist.study.plotting import optimizer_color, pyplot, save
 from adaact_dist.study.recipes import RunSpec
 from adaact_dist.study.results import Cell
-from adaact_dist.study.runner import run_state
+from adaact_dist.study.runner import RunState, run_state
 from adaact_dist.train.metrics import EVAL_CSV
 from adaact_dist.train.plots import mean_activation_variance
 
 
 def _finished(specs: Sequence[RunSpec]) -> list[RunSpec]:
-    return [s for s in specs if run_state(s.run_dir) == "finished"]
+    return [s for s in specs if run_state(s.run_dir) == RunState.FINISHED]
 
 
 def _eval_curve(run_dir: Path) -> dict[int, float]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adaact_dist.study.recipes import RunSpec
-from adaact_dist.study.runner import run_state
+from adaact_dist.study.runner import RunState, run_state
 from adaact_dist.train.metrics import TRAIN_CSV
 from adaact_dist.train.plots import mean_activation_variance
 from adaact_dist.train.run_summary import RunSummary
@@ -92,7 +92,7 @@ def read_result(spec: RunSpec) -> dict:
         **dict.fromkeys(MEASURED),
         "best_epoch": None,
     }
-    if row["status"] != "finished":
+    if row["status"] != RunState.FINISHED:
         return row
     summary = RunSummary.read(spec.run_dir)
     row.update(
@@ -166,7 +166,7 @@ def aggregate(rows: Sequence[dict]) -> list[Cell]:
         groups.setdefault(key, []).append(row)
     cells = []
     for (task, optimizer, batch, base_lr), members in groups.items():
-        finished = [r for r in members if r["status"] == "finished"]
+        finished = [r for r in members if r["status"] == RunState.FINISHED]
         cells.append(
             Cell(
                 task=task,
@@ -176,7 +176,7 @@ def aggregate(rows: Sequence[dict]) -> list[Cell]:
                 lr=members[0]["lr"],
                 runs=len(members),
                 finished=len(finished),
-                diverged=sum(r["status"] == "diverged" for r in members),
+                diverged=sum(r["status"] == RunState.DIVERGED for r in members),
                 stats={
                     key: Stat.of([r[key] for r in finished if _number(r[key])]) for key in MEASURED
                 },

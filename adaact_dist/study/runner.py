@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from adaact_dist.study.recipes import RunSpec
@@ -28,7 +29,6 @@ from adaact_dist.train.run_summary import RunSummary, StopReason
 
 TRAINER_MODULE = "adaact_dist.train"
 LOG = "train.log"
-FINAL_STATES = ("finished", "diverged")
 _LAUNCHER_ENV = (
     "RANK",
     "WORLD_SIZE",
@@ -42,16 +42,29 @@ _LAUNCHER_ENV = (
 """Variables that would make a run join a multi-process job instead of running alone."""
 
 
-def run_state(run_dir: Path) -> str:
-    """``finished``, ``diverged`` (both final), ``incomplete`` (started) or ``new``."""
+class RunState(StrEnum):
+    """Where a study's run stands, read from its directory (the ``status`` of results.csv)."""
+
+    FINISHED = "finished"
+    DIVERGED = "diverged"
+    INCOMPLETE = "incomplete"
+    """Started, not ended: it resumes from its checkpoint."""
+    NEW = "new"
+
+
+FINAL_STATES = (RunState.FINISHED, RunState.DIVERGED)
+"""States a study does not run again."""
+
+
+def run_state(run_dir: Path) -> RunState:
     if RunSummary.exists(run_dir):
         summary = RunSummary.read(run_dir)
         if summary.finished:
-            return "finished"
+            return RunState.FINISHED
         if summary.stop_reason == StopReason.DIVERGED:
-            return "diverged"
-        return "incomplete"
-    return "incomplete" if run_dir.is_dir() else "new"
+            return RunState.DIVERGED
+        return RunState.INCOMPLETE
+    return RunState.INCOMPLETE if run_dir.is_dir() else RunState.NEW
 
 
 def check_specs(specs: Sequence[RunSpec], config: str, common: Sequence[str]) -> None:
