@@ -33,10 +33,11 @@ from adaact_dist.study.critical_results import (
     write_noise,
     write_steps,
 )
-from adaact_dist.study.runner import check_specs, last_log_line, run_one
+from adaact_dist.study.runner import FINAL_STATES, check_specs, last_log_line, run_one, run_state
 from adaact_dist.train.cli import add_override_option, overrides_of
 from adaact_dist.train.config_io import ConfigError, load_config, parse_override
 from adaact_dist.train.optimizers import OPTIMIZERS
+from adaact_dist.train.run_summary import RunSummary
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 NOISE_OPTIMIZERS = ("adaact", "sgd")
@@ -244,6 +245,13 @@ def _check_arguments(args: argparse.Namespace, common: list[str]) -> None:
         )
 
 
+def _ended_runs(outcomes: list[Outcome], noise: list[CriticalRun]) -> tuple[int, float]:
+    """How many of the study's runs have ended, and their wall times summed."""
+    runs = [o.run for o in outcomes] + noise
+    ended = [RunSummary.read(r.run_dir) for r in runs if run_state(r.run_dir) in FINAL_STATES]
+    return len(ended), sum(summary.wall_time_s for summary in ended)
+
+
 def _write_reports(
     args: argparse.Namespace,
     outcomes: list[Outcome],
@@ -303,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    ended, ended_wall_s = _ended_runs(outcomes, noise)
     context = StudyContext(
         command=shlex.join(
             ["python", "launch/critical_batch.py", *(sys.argv[1:] if argv is None else argv)]
@@ -317,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         runs=study.trained,
         wall_s=time.perf_counter() - study.started,
         unfinished=tuple(study.incomplete),
+        final_runs=ended,
+        final_runs_wall_s=ended_wall_s,
     )
     for path in _write_reports(args, outcomes, noise, context):
         print(f"wrote {path}")

@@ -27,6 +27,10 @@ class StudyContext:
     runs: int
     wall_s: float
     """Wall time of this invocation (finished runs skipped)."""
+    final_runs: int = 0
+    """Runs that have ended, in this invocation or earlier ones."""
+    final_runs_wall_s: float = 0.0
+    """Their wall times summed: what the study has cost so far, whatever its invocations."""
     unfinished: tuple[str, ...] = ()
     """Cells and noise runs left out (``--report-only`` before the study ended)."""
 
@@ -123,7 +127,11 @@ def summary_markdown(
         f"Machine: {machine()}; every run is one process (world size 1, ZeRO stage 0) with "
         f"{context.threads} thread(s), {context.jobs} run(s) at a time. Recipe: "
         f"`{context.config}`; {context.seeds} seed(s); step budget {context.max_steps}. "
-        f"This invocation: {context.runs} run(s) trained, {context.wall_s / 60:.1f} min.",
+        f"This invocation: {context.runs} run(s) trained, {context.wall_s / 60:.1f} min. "
+        f"All invocations: {context.final_runs} run(s) ended, "
+        f"{context.final_runs_wall_s / 3600:.1f} h of run time in all (about "
+        f"{context.final_runs_wall_s / 3600 / context.jobs:.1f} h of wall time at "
+        f"{context.jobs} run(s) at a time).",
         "",
         f"Learning rates: per (optimizer, batch size) a grid of {grid} the optimizer's "
         "rule-scaled lr, grown by one value beyond an edge while the best lr sits on it; a run "

@@ -146,6 +146,14 @@ def test_a_tiny_study_end_to_end_then_nothing_to_do(tmp_path, capsys):
 
     assert critical_cli.main(argv) == 0
     assert "8 grid run(s) and 2 noise run(s) final, 0 trained now" in capsys.readouterr().out
+    # The cost of the whole study, from the runs' own records, whatever trained them.
+    summaries = sorted(out.rglob("summary.json"))
+    hours = sum(json.loads(path.read_text())["wall_time_s"] for path in summaries) / 3600
+    assert len(summaries) == 10
+    assert (
+        f"All invocations: 10 run(s) ended, {hours:.1f} h of run time in all"
+        in (out / "summary.md").read_text()
+    )
 
 
 def test_report_only_trains_nothing_and_says_what_is_missing(tmp_path, capsys):
