@@ -97,11 +97,12 @@ train_forwarding_stop() {
     local launcher=$!
     trap 'echo "adaact-dist: stop requested: the ranks checkpoint and exit" >&2
           pkill --signal TERM --full -- "--local_rank=" || true' TERM INT
-    local status=0
-    while true; do
-        wait "$launcher" && status=0 || status=$?
-        kill -0 "$launcher" 2>/dev/null || break # wait returned for the signal, not the exit
+    # wait returns early when the trap runs; only the launcher's own end leaves the loop
+    while kill -0 "$launcher" 2>/dev/null; do
+        wait "$launcher" || true
     done
+    local status=0
+    wait "$launcher" || status=$? # bash keeps an ended child's status: the launcher's, not 143
     exit "$status"
 }
 
