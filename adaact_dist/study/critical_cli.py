@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,13 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Study:
-    """Runs cells through their lr grids, ``jobs`` cells at a time, printing progress."""
+    """Runs every cell's lr grid, printing progress, at most ``jobs`` trainer runs at a time:
+    the seeds of one lr side by side and the cells beside each other, so that no free slot
+    waits for another cell's grid (the tail of a study is one cell)."""
 
     def __init__(self, args: argparse.Namespace, plan: Plan, common: list[str]):
         self.args, self.plan, self.common = args, plan, common
+        self.slots = threading.BoundedSemaphore(args.jobs)
+        """One per trainer run that may train at a time."""
         schedule = load_config(args.config, common).schedule
         self.least_steps = (schedule.warmup_steps or 0) + 1  # a budget must outlast warm-up
-        self.trained = 0
+        self.trained: list[str] = []
+        """Runs trained (or resumed) by this invocation; appended to from several threads."""
         self.incomplete: list[str] = []
         """Cells whose grid ``--report-only`` found unfinished."""
         self.unsettled: set[str] = set()
@@ -151,8 +157,9 @@ class Study:
             return outcome
         if self.args.report_only:
             raise NotRun(run.name)
-        result = run_one(run, self.args.config, self.common, self.args.threads)
-        self.trained += 1
+        with self.slots:
+            result = run_one(run, self.args.config, self.common, self.args.threads)
+        self.trained.append(run.name)
         outcome = read_outcome(run)
         minutes = (time.perf_counter() - self.started) / 60
         if outcome is None:
@@ -170,30 +177,37 @@ class Study:
         )
         return outcome
 
+    def grid_run(self, cell: Cell, lr: float, seed: int, outcomes: list[Outcome]) -> CriticalRun:
+        """The run of ``seed`` at ``lr``, cut where the cell's earlier runs of that seed say."""
+        budget = step_budget(self.plan.max_steps, seed, outcomes, self.least_steps)
+        return self.plan.run(cell, lr, seed, budget)
+
     def cell(self, cell: Cell) -> list[Outcome]:
         """Every run of one cell, in the grid's order (with ``--report-only``, those of its
         lrs whose seeds have all finished)."""
         tried: list[float] = []
         outcomes: list[Outcome] = []
-        while (lr := next_lr(cell, tried, outcomes)) is not None:
-            try:
-                runs = []
-                for seed in range(self.plan.seeds):
-                    budget = step_budget(self.plan.max_steps, seed, outcomes, self.least_steps)
-                    runs.append(self.execute(self.plan.run(cell, lr, seed, budget)))
-            except NotRun:
-                self.incomplete.append(f"{cell.optimizer} b{cell.batch_size}")
-                self.unsettled.add(f"{cell.optimizer} b{cell.batch_size}")
-                break
-            outcomes += runs
-            tried.append(lr)
+        with ThreadPoolExecutor(max_workers=self.plan.seeds) as seeds:
+            while (lr := next_lr(cell, tried, outcomes)) is not None:
+                futures = [
+                    seeds.submit(self.execute, self.grid_run(cell, lr, seed, outcomes))
+                    for seed in range(self.plan.seeds)
+                ]
+                try:
+                    outcomes += [future.result() for future in futures]
+                except NotRun:
+                    self.incomplete.append(f"{cell.optimizer} b{cell.batch_size}")
+                    self.unsettled.add(f"{cell.optimizer} b{cell.batch_size}")
+                    break
+                tried.append(lr)
         return outcomes
 
     def all_cells(self) -> tuple[list[Outcome], list[str]]:
         """Every cell; a cell whose run failed stops there and is reported, the rest go on."""
         outcomes, failures = [], []
-        with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-            futures = {pool.submit(self.cell, cell): cell for cell in self.plan.cells()}
+        cells = self.plan.cells()
+        with ThreadPoolExecutor(max_workers=max(1, len(cells))) as pool:
+            futures = {pool.submit(self.cell, cell): cell for cell in cells}
             for future, cell in futures.items():
                 try:
                     outcomes += future.result()
@@ -226,6 +240,20 @@ class Study:
                 except NotRun:
                     self.incomplete.append(f"noise run {run.name}")
         return runs, failures
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    """The runs that the parsed command line asks for."""
+    return Plan(
+        out=args.out,
+        task=args.task,
+        optimizers=args.optimizers,
+        batch_sizes=args.batch_sizes,
+        seeds=args.seeds,
+        target=args.target,
+        max_steps=args.max_steps,
+        lrs=args.lrs,
+    )
 
 
 def _check_arguments(args: argparse.Namespace, common: list[str]) -> None:
@@ -293,19 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    plan = Plan(
-        out=args.out,
-        task=args.task,
-        optimizers=args.optimizers,
-        batch_sizes=args.batch_sizes,
-        seeds=args.seeds,
-        target=args.target,
-        max_steps=args.max_steps,
-        lrs=args.lrs,
-    )
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        study = Study(args, plan, common)
+        study = Study(args, plan_of(args), common)
         outcomes, failures = study.all_cells()
         noise, noise_failures = study.noise_runs(outcomes)
     except ConfigError as error:
@@ -323,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=args.seeds,
         jobs=args.jobs,
         threads=args.threads,
-        runs=study.trained,
+        runs=len(study.trained),
         wall_s=time.perf_counter() - study.started,
         unfinished=tuple(study.incomplete),
         final_runs=ended,
@@ -338,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not finished yet (left out): {', '.join(study.incomplete)}")
     noise_final = sum(read_outcome(run) is not None for run in noise)
     print(
-        f"{len(outcomes)} grid run(s) and {noise_final} noise run(s) final, {study.trained} "
+        f"{len(outcomes)} grid run(s) and {noise_final} noise run(s) final, {len(study.trained)} "
         f"trained now, in {context.wall_s / 60:.1f} min"
     )
     return EXIT_FAILED if failures else EXIT_OK

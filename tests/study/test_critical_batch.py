@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -154,6 +156,52 @@ def test_a_tiny_study_end_to_end_then_nothing_to_do(tmp_path, capsys):
         f"All invocations: 10 run(s) ended, {hours:.1f} h of run time in all"
         in (out / "summary.md").read_text()
     )
+
+
+class _Trainer:
+    """Stands in for the trainer process to watch the study's scheduling. Every run reaches
+    the target in 100 steps; each waits until ``jobs`` runs train together (runs that may go
+    side by side must), then a moment more for one run too many to start (none may)."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self.together = threading.Barrier(jobs, timeout=60)
+        self.changed = threading.Condition()
+        self.active = self.most = 0
+        self.finished: set[Path] = set()
+
+    def run_one(self, run, config, common, threads):
+        with self.changed:
+            self.active += 1
+            self.most = max(self.most, self.active)
+            self.changed.notify_all()
+        self.together.wait()
+        with self.changed:
+            self.changed.wait_for(lambda: self.active > self.jobs, timeout=0.5)
+            self.active -= 1
+            self.finished.add(run.run_dir)
+        return SimpleNamespace(returncode=0, seconds=0.0)
+
+    def read_outcome(self, run):
+        return Outcome(run, 100, 96.0) if run.run_dir in self.finished else None
+
+
+@pytest.mark.parametrize("optimizers", ["adaact", "adaact,sgd"])
+def test_jobs_runs_train_side_by_side_and_never_more(optimizers, tmp_path, monkeypatch):
+    """--jobs 2 trains an lr's two seeds together (a study's last cell too), and the cells
+    beside each other share the same two slots."""
+    trainer = _Trainer(jobs=2)
+    monkeypatch.setattr(critical_cli, "run_one", trainer.run_one)
+    monkeypatch.setattr(critical_cli, "read_outcome", trainer.read_outcome)
+    args = critical_cli.build_parser().parse_args(
+        ["--optimizers", optimizers, "--batch-sizes", "32", "--lrs", "0.05,0.2", "--seeds", "2",
+         "--jobs", "2", "--out", str(tmp_path)]
+    )  # fmt: skip
+    study = critical_cli.Study(args, critical_cli.plan_of(args), [])
+    outcomes, failures = study.all_cells()
+    cells = len(args.optimizers)
+    assert not failures and len(outcomes) == len(trainer.finished) == 4 * cells
+    assert len(study.trained) == 4 * cells and trainer.most == 2
 
 
 def test_report_only_trains_nothing_and_says_what_is_missing(tmp_path, capsys):
