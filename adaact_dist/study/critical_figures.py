@@ -2,9 +2,9 @@
 
 - ``steps_to_target.png``: steps to the target at each batch size's best lr against batch
   size, log-log, one line per optimizer (mean over seeds, bars from the lowest to the highest
-  seed), with the perfect-scaling line through the smallest batch (dashed: doubling the batch
-  halves the steps) and the fitted ``S_min (1 + B_noise / B)`` (dotted): the layout of Shallue
-  et al.'s Figure 1;
+  seed), with the perfect-scaling line through the smallest batch that reached the target
+  (dashed: doubling the batch halves the steps) and the fitted ``S_min (1 + B_noise / B)``
+  (dotted): the layout of Shallue et al.'s Figure 1;
 - ``best_lr.png``: the best lr against batch size, log-log, one panel per optimizer, with the
   linear and the square-root scaling rules drawn through the smallest batch's best lr;
 - ``noise_scale.png``: the smoothed gradient noise scale ``B_simple`` over training, one line
@@ -53,7 +53,10 @@ def plot_steps_to_target(
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel(f"steps to {target:g}% validation top-1 (best lr)")
-    ax.set_title("dashed: perfect scaling from the smallest batch; dotted: S_min (1 + B_noise/B)")
+    ax.set_title(
+        "dashed: perfect scaling from each curve's smallest batch that reached the target; "
+        "dotted: S_min (1 + B_noise/B)"
+    )
     ax.title.set_fontsize(9)
     ax.grid(True, which="both", alpha=0.3)
     return save(fig, out / "steps_to_target.png", legend_from=ax)

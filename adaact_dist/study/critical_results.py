@@ -166,7 +166,7 @@ def critical_batch(task: str, optimizer: str, points: Sequence[BatchPoint]) -> C
             if fit_seed is not None:
                 seed_fits.append(fit_seed)
     useful, bound = None, None
-    if points and points[0].mean_steps is not None:
+    if any(p.mean_steps is not None for p in points):
         useful, bound = max_useful_batch(
             [p.batch_size for p in points], [p.mean_steps for p in points]
         )

@@ -69,11 +69,15 @@ def max_useful_batch(batch_sizes: Sequence[int], steps: Sequence[float | None]) 
 
     One increase that saves less does not end the range when a later one saves more: with a
     few seeds a cell can sit below the curve, and the next cell then seems flat. ``steps`` is
-    ``None`` where no run reached the target; such a size, and every larger one, is not
-    useful. Raises if the smallest batch size never reached the target."""
+    ``None`` where no run reached the target. Below the first size that reached it, such sizes
+    are left out (a size that reaches the target saves more than any cut against one that
+    never does); after it, a size that did not reach it ends the useful range. Raises if no
+    size reached the target."""
     pairs = sorted(zip(batch_sizes, steps, strict=True))
-    if not pairs or pairs[0][1] is None:
-        raise ValueError("the smallest batch size has no steps to target: nothing to compare")
+    while pairs and pairs[0][1] is None:
+        pairs.pop(0)
+    if not pairs:
+        raise ValueError("no batch size has steps to target: nothing to compare")
     best, previous = pairs[0]
     for batch, count in pairs[1:]:
         if count is None:

@@ -43,5 +43,8 @@ def test_max_useful_batch_is_the_last_increase_that_saves_10_percent():
     assert max_useful_batch([16, 32, 64], [1000, 600, 500]) == (64, True)
     # A size whose runs never reached the target is not useful.
     assert max_useful_batch([16, 32, 64], [1000, None, 200]) == (16, False)
-    with pytest.raises(ValueError, match="smallest batch size"):
-        max_useful_batch([16, 32], [None, 100])
+    # Sizes below the first that reached the target are left out: the range starts there.
+    assert max_useful_batch([16, 32, 64, 128], [None, 1000, 500, 480]) == (64, False)
+    assert max_useful_batch([16, 32, 64], [None, 1000, 600]) == (64, True)
+    with pytest.raises(ValueError, match="no batch size"):
+        max_useful_batch([16, 32], [None, None])
