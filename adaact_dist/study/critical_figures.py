@@ -54,8 +54,7 @@ def plot_steps_to_target(
     ax.set_xlabel("batch size")
     ax.set_ylabel(f"steps to {target:g}% validation top-1 (best lr)")
     ax.set_title(
-        "dashed: perfect scaling from each curve's smallest batch that reached the target; "
-        "dotted: S_min (1 + B_noise/B)"
+        "dashed: perfect scaling from each curve's first point; dotted: S_min (1 + B_noise/B)"
     )
     ax.title.set_fontsize(9)
     ax.grid(True, which="both", alpha=0.3)
