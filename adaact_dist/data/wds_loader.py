@@ -67,7 +67,6 @@ class _ShardStream(IterableDataset):
         super().__init__()
         self.cfg = cfg
         self.shards = shardset.shards
-        self.paths = [str(s.path) for s in shardset.shards]
         self.counts = shardset.counts
         self.num_classes = shardset.num_classes
         self.transform = transform
@@ -80,10 +79,10 @@ class _ShardStream(IterableDataset):
             entries = self.shards[shard].entries()
             if len(entries) != self.counts[shard]:
                 raise RuntimeError(
-                    f"Shard {self.paths[shard]} changed since the loader started: "
+                    f"Shard {self.shards[shard].path} changed since the loader started: "
                     f"{len(entries)} usable samples, expected {self.counts[shard]}"
                 )
-            with open(self.paths[shard], "rb") as f:
+            with open(self.shards[shard].path, "rb") as f:
                 for _, i in run:
                     entry = entries[i]
                     image, label = entry.image, entry.label
@@ -138,7 +137,7 @@ class _ShardStream(IterableDataset):
             try:
                 image, label = self._decode(sample)
             except BadSampleError as e:
-                path, key = self.paths[sample[0]], sample[1]
+                path, key = str(self.shards[sample[0]].path), sample[1]
                 if cfg.strict:
                     raise BadSampleError(f"{path}: sample {key!r}: {e}") from e
                 bad.append((path, key, str(e)))
