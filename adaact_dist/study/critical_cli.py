@@ -182,9 +182,9 @@ class Study:
         budget = step_budget(self.plan.max_steps, seed, outcomes, self.least_steps)
         return self.plan.run(cell, lr, seed, budget)
 
-    def cell(self, cell: Cell) -> list[Outcome]:
-        """Every run of one cell, in the grid's order (with ``--report-only``, those of its
-        lrs whose seeds have all finished)."""
+    def cell(self, cell: Cell) -> tuple[list[Outcome], bool]:
+        """Every run of one cell, in the grid's order, and whether its grid is complete (with
+        ``--report-only``, the runs of those of its lrs whose seeds have all finished)."""
         tried: list[float] = []
         outcomes: list[Outcome] = []
         with ThreadPoolExecutor(max_workers=self.plan.seeds) as seeds:
@@ -196,24 +196,29 @@ class Study:
                 try:
                     outcomes += [future.result() for future in futures]
                 except NotRun:
-                    self.incomplete.append(f"{cell.optimizer} b{cell.batch_size}")
-                    self.unsettled.add(f"{cell.optimizer} b{cell.batch_size}")
-                    break
+                    return outcomes, False
                 tried.append(lr)
-        return outcomes
+        return outcomes, True
 
     def all_cells(self) -> tuple[list[Outcome], list[str]]:
-        """Every cell; a cell whose run failed stops there and is reported, the rest go on."""
+        """Every cell, the cells training side by side but reported in the plan's order; a
+        cell whose run failed stops there and is reported, the rest go on."""
         outcomes, failures = [], []
         cells = self.plan.cells()
         with ThreadPoolExecutor(max_workers=max(1, len(cells))) as pool:
             futures = {pool.submit(self.cell, cell): cell for cell in cells}
             for future, cell in futures.items():
+                name = f"{cell.optimizer} b{cell.batch_size}"
                 try:
-                    outcomes += future.result()
+                    runs, complete = future.result()
                 except RunFailed as error:
-                    failures.append(f"{cell.optimizer} b{cell.batch_size}: {error}")
-                    self.unsettled.add(f"{cell.optimizer} b{cell.batch_size}")
+                    failures.append(f"{name}: {error}")
+                    self.unsettled.add(name)
+                    continue
+                outcomes += runs
+                if not complete:
+                    self.incomplete.append(name)
+                    self.unsettled.add(name)
         return outcomes, failures
 
     def noise_runs(self, outcomes: list[Outcome]) -> tuple[list[CriticalRun], list[str]]:
