@@ -10,7 +10,8 @@
 
 It calls ``deepspeed.initialize`` and binds the engine to AdaAct. That changes no
 DeepSpeed code: binding only wraps three methods of the engine's optimizer object
-(``step``, ``state_dict``, ``load_state_dict``), each calling DeepSpeed's own first. It:
+(``step``, ``state_dict``, ``load_state_dict``), each calling DeepSpeed's own first, and, for
+fp16 at stage 0 only, the engine's ``backward`` (item 5). It:
 
 0. Keeps DeepSpeed's construction-time ``step()`` from AdaAct: its fp16 wrapper (fp16,
    and bf16 at stage 0) steps the client optimizer once while it is built, with zero
@@ -30,6 +31,9 @@ DeepSpeed code: binding only wraps three methods of the engine's optimizer objec
    fragment layout to DeepSpeed's per-rank optimizer checkpoint, and restores the
    statistics on load, whichever path DeepSpeed loads by (also universal checkpoints
    written by :func:`adaact_dist.distributed.convert_to_universal`).
+5. Scales the loss for fp16 at stage 0, where DeepSpeed 0.19's ``engine.backward`` does not
+   while its fp16 wrapper divides by the scale
+   (:func:`~adaact_dist.distributed.apply_stage0_loss_scale`; any optimizer needs it).
 
 Bounding the engine's collectives and watching for hung ranks are the process group's
 business (:func:`~adaact_dist.distributed.bound_engine_collectives`,
@@ -58,6 +62,7 @@ from adaact_dist.distributed.deepspeed_layout import (
     deepspeed_layouts,
     keeps_flat_checkpoint,
 )
+from adaact_dist.distributed.fp16_loss_scale import apply_stage0_loss_scale
 from adaact_dist.distributed.op_builds import use_private_op_builds
 from adaact_dist.distributed.torch_sync import TorchStatsSync
 from adaact_dist.optim import AdaAct
@@ -90,6 +95,7 @@ def deepspeed_initialize(*, model: torch.nn.Module, optimizer: AdaAct, **kwargs:
     with _construction_steps_skipped(optimizer):
         result = deepspeed.initialize(model=model, optimizer=optimizer, **kwargs)
     bind_deepspeed(result[0], optimizer)
+    apply_stage0_loss_scale(result[0])
     return result
 
 

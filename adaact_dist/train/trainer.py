@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from adaact_dist._seeds import derive_seed
-from adaact_dist.distributed import HangWatchdog, bound_engine_collectives
+from adaact_dist.distributed import HangWatchdog, apply_stage0_loss_scale, bound_engine_collectives
 from adaact_dist.train.activations import ActivationProbe, input_second_moments
 from adaact_dist.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from adaact_dist.train.components import (
@@ -305,6 +305,7 @@ class Trainer:
             model=model, optimizer=self.optimizer, config=self.ds_config, dist_init_required=False
         )
         bound_engine_collectives(self.engine)  # DeepSpeed's groups: the job's timeout too
+        apply_stage0_loss_scale(self.engine)  # fp16 at stage 0, for every optimizer
         self.noise_probe = (
             GradientNormProbe(self.engine.module.parameters(), self.plan.accumulation_steps)
             if config.logging.noise_scale_every_steps

@@ -136,18 +136,40 @@ def test_bf16_overflow_step_neither_counts_nor_folds_statistics(main_suite, stag
         assert_skipped_step_left_no_trace(rank[f"bf16_s{stage}"], rank[f"bf16_s{stage}_overflow"])
 
 
+# fp16 runs on every CPU: where DeepSpeed's CPU accelerator refuses it (no AVX512-FP16, as on AMD
+# EPYC; main_suite[0]["fp16_native"] false) the worker tells it otherwise and torch computes fp16
+# in its reference kernels, so DeepSpeed's loss scaling, overflow skips and unscaling run as on a
+# GPU; only the fp16 kernels differ between the two kinds of CPU.
+FP16_WRAPPER = {0: "FP16_UnfusedOptimizer", 1: ZERO_WRAPPER[1], 2: ZERO_WRAPPER[2]}
+
+
 @pytest.mark.parametrize("stage", STAGES)
-def test_fp16_dynamic_loss_scaling_overflow_step(main_suite, stage):
-    if not main_suite[0]["fp16_supported"]:
-        pytest.skip(
-            "DeepSpeed's CPU accelerator refuses fp16 on this machine: its is_fp16_supported() "
-            "is false because torch.ops.mkldnn._is_mkldnn_fp16_supported() is false on this "
-            "CPU, so deepspeed.initialize raises 'Type fp16 is not supported on your device'. The "
-            "same skip-step path runs in the bf16 tests (check_grad_overflow); this one runs "
-            "where fp16 exists (GPU, or CPUs with fp16 units)."
-        )
+def test_fp16_trains_like_fp32(main_suite, stage):
+    """At stage 0 DeepSpeed 0.19 divides the gradients by a loss scale that its backward never
+    applied (deepspeedai/DeepSpeed#8393): without ``apply_stage0_loss_scale`` the weights here
+    move 1/256 as far as fp32's."""
+    runs = [rank[f"fp16_s{stage}"] for rank in main_suite]
+    assert runs[0]["wrapper"] == FP16_WRAPPER[stage]
+    control = named_params(run_control(steps=5, micro_batches=2, batchnorm=False)["model"])
+    assert moved(control) > 3 * LOW_TOL  # weights that stayed put fail the next line
+    assert max_relative_error(runs[0]["params"], control) < LOW_TOL
+    assert_identical_ranks(runs)
+
+
+def test_fp16_stage0_scaled_once_where_deepspeed_scales_itself(main_suite):
+    """A DeepSpeed that scales the loss at stage 0 by itself (the upstream fix) is left alone."""
+    control = named_params(run_control(steps=5, micro_batches=2, batchnorm=False)["model"])
     for rank in main_suite:
-        assert rank[f"fp16_s{stage}"]["wrapper"] in ("FP16_UnfusedOptimizer", ZERO_WRAPPER[2])
+        assert max_relative_error(rank["fp16_s0_deepspeed_scales"]["params"], control) < LOW_TOL
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_fp16_overflow_step_leaves_only_the_halved_loss_scale(main_suite, stage):
+    """The skipped step's one trace is the loss scale: halved at stage 0, kept by ZeRO's
+    hysteresis (2 overflows) at stages 1 and 2 (``worker.overflow_pair``)."""
+    for rank in main_suite:
+        assert rank[f"fp16_s{stage}_scale_before_skip"] == 256
+        assert rank[f"fp16_s{stage}_overflow"]["loss_scale"] == (128 if stage == 0 else 256)
         assert_skipped_step_left_no_trace(rank[f"fp16_s{stage}"], rank[f"fp16_s{stage}_overflow"])
 
 

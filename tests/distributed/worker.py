@@ -128,8 +128,29 @@ class Run:
             "table_bytes": 3 * optimizer._table.second_moment.numel() * 4,
             "partial_rows": sum(p.kind == "weight" and len(p.shape) == 1 for p in pieces),
             "skipped": self.engine.skipped_steps,
+            "loss_scale": getattr(self.engine.optimizer, "loss_scale", None),
             "sync_calls": getattr(optimizer.distributor, "calls", None),
         }
+
+
+def overflow_pair(name: str, stage: int, **config) -> dict:
+    """Records ``name`` (steps 1-5) and ``name_overflow`` (the same with an overflow step that
+    DeepSpeed must skip before step 3), both without BatchNorm, and ``name_scale_before_skip``.
+
+    A skipped fp16 step halves the loss scale (ZeRO's hysteresis keeps it for one overflow),
+    which changes the fp16 rounding of later gradients where they are subnormal: the run
+    without the overflow is given the same scale from step 3, so the two must agree bit for bit.
+    """
+    skipped = Run(stage, batchnorm=False, **config).steps(1, 5, overflow_before=3)
+    straight = Run(stage, batchnorm=False, **config).steps(1, 2)
+    scale = getattr(straight.engine.optimizer, "loss_scale", None)
+    if scale is not None:
+        straight.engine.optimizer.loss_scale = skipped.engine.optimizer.loss_scale
+    return {
+        name: straight.steps(3, 5).record(),
+        f"{name}_overflow": skipped.record(),
+        f"{name}_scale_before_skip": scale,
+    }
 
 
 def _identical_on_all_ranks(model) -> bool:
@@ -172,12 +193,14 @@ def suite_main(out: Path) -> dict:
     with scenario("k1_s2_offload") as key:
         results[key] = Run(2, zero_force_ds_cpu_optimizer=False, **offload).steps(1, 6).record()
 
-    for stage, config in BF16_CONFIGS.items():
-        with scenario(f"bf16_s{stage}") as key:
-            results[key] = Run(stage, batchnorm=False, **config).steps(1, 5).record()
-        with scenario(f"bf16_s{stage}_overflow") as key:
-            skipped = Run(stage, batchnorm=False, **config).steps(1, 5, overflow_before=3)
-            results[key] = skipped.record()
+    results["fp16_native"] = _accept_fp16()
+    precisions = {"bf16": BF16_CONFIGS, "fp16": dict.fromkeys(BF16_CONFIGS, {"fp16": FP16})}
+    for name, configs in precisions.items():
+        for stage, config in configs.items():
+            with scenario(f"{name}_s{stage}_overflow"):
+                results.update(overflow_pair(f"{name}_s{stage}", stage, **config))
+    with scenario("fp16_s0_deepspeed_scales") as key, _deepspeed_scaling_at_stage0():
+        results[key] = Run(0, batchnorm=False, fp16=FP16).steps(1, 5).record()
 
     checkpointed = {"s0": (0, {}), "s1": (1, {}), "s2": (2, {}), "bf16_s1": (1, BF16_S1)}
     for name, (stage, config) in checkpointed.items():
@@ -213,16 +236,35 @@ def suite_main(out: Path) -> dict:
     with scenario("clipping_warnings"):
         results["clipping_warnings"] = _clipping_warnings(drop_key=True)
         results["no_clipping_warnings"] = _clipping_warnings(drop_key=False)
-    results["fp16_supported"] = deepspeed.get_accelerator().is_fp16_supported()
-    if results["fp16_supported"]:
-        fp16 = {"fp16": FP16}
-        for stage in (0, 1, 2):
-            with scenario(f"fp16_s{stage}") as key:
-                results[key] = Run(stage, batchnorm=False, **fp16).steps(1, 5).record()
-            with scenario(f"fp16_s{stage}_overflow") as key:
-                skipped = Run(stage, batchnorm=False, **fp16).steps(1, 5, overflow_before=3)
-                results[key] = skipped.record()
     return results
+
+
+def _accept_fp16() -> bool:
+    """Whether DeepSpeed's accelerator has fp16 here; where its CPU accelerator refuses it (a CPU
+    without AVX512-FP16, where torch computes fp16 in its reference kernels), tell it otherwise,
+    so that DeepSpeed's fp16 path (loss scaling, overflow skips, unscaling) runs on every CPU."""
+    accelerator = deepspeed.get_accelerator()
+    native = accelerator.is_fp16_supported()
+    if not native:
+        type(accelerator).is_fp16_supported = lambda self: True
+    return native
+
+
+@contextlib.contextmanager
+def _deepspeed_scaling_at_stage0() -> Iterator[None]:
+    """Engines built inside scale the loss at stage 0 themselves, as the fix proposed upstream
+    for deepspeedai/DeepSpeed#8393 does, so ``apply_stage0_loss_scale`` must leave them alone."""
+    engine_class = deepspeed.runtime.engine.DeepSpeedEngine
+    original = engine_class.backward
+
+    def backward(self, loss, *args, **kwargs):
+        return original(self, loss * self.optimizer.loss_scale, *args, **kwargs)
+
+    engine_class.backward = backward
+    try:
+        yield
+    finally:
+        engine_class.backward = original
 
 
 def _clipping_warnings(*, drop_key: bool) -> list[str]:
@@ -251,10 +293,7 @@ def suite_gpu(out: Path) -> dict:
         if results["fp16_supported"]:
             configs["fp16"] = {"fp16": FP16}
         for name, config in configs.items():
-            straight = Run(stage, gas=2, batchnorm=False, **config).steps(1, 5)
-            results[f"{name}_s{stage}"] = straight.record()
-            skipped = Run(stage, gas=2, batchnorm=False, **config).steps(1, 5, overflow_before=3)
-            results[f"{name}_s{stage}_overflow"] = skipped.record()
+            results.update(overflow_pair(f"{name}_s{stage}", stage, gas=2, **config))
     return results
 
 
