@@ -343,7 +343,18 @@ class DistributedConfig(_Section):
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """Collective backend; auto: nccl on GPUs, gloo on CPU."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    """Where to train; auto: CUDA when available."""
+    """Where to train. ``cuda`` (the GPU recipes): stop, saying why, where torch sees no GPU;
+    ``cpu``: the CPU over gloo (a dry run); ``auto``: CUDA when available, else the CPU with a
+    warning that says why."""
+    grad_reduce_dtype: Literal["fp32", "autocast"] = "fp32"
+    """Under ``precision_mode: autocast``, the dtype gradients are reduced in across ranks:
+    ``fp32`` (the paper's AMP + DDP), or ``autocast``: DeepSpeed's choice of the autocast dtype
+    for Linear and Conv weights (half the traffic, bf16 rounding of the sums)."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN time its convolution algorithms per input shape (training crops are fixed)."""
+    tf32: bool = False
+    """fp32 matmuls and convolutions on TF32 tensor cores (Ampere and newer): faster, 10-bit
+    mantissa. Off by default, cuDNN's convolutions included (torch's default lets them)."""
     timeout_s: float = 1800.0
     """Seconds a collective may wait: a dead rank ends the job within this bound."""
     hang_timeout_s: float | None = None

@@ -55,7 +55,9 @@ def deepspeed_config(config: TrainConfig, plan: RunPlan) -> dict[str, Any]:
             "hysteresis": 2,
             "min_loss_scale": 1,
         },
-        "torch_autocast": {"enabled": autocast, "dtype": _DTYPES.get(precision, "bfloat16")},
+        "torch_autocast": autocast_section(
+            autocast, _DTYPES.get(precision, "bfloat16"), dist.grad_reduce_dtype
+        ),
         # Native half weights: buffers too (BatchNorm needs its statistics in the weights' dtype).
         "data_types": {"buffer_dtype": _DTYPES[precision] if native else None},
         # The trainer prints progress itself.
@@ -63,6 +65,16 @@ def deepspeed_config(config: TrainConfig, plan: RunPlan) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     return _merge(generated, dist.deepspeed_extra)
+
+
+def autocast_section(enabled: bool, dtype: str, grad_reduce_dtype: str) -> dict[str, Any]:
+    """DeepSpeed's ``torch_autocast``. DeepSpeed marks the weights of its "lower precision
+    safe" modules (Linear, Conv) to have their gradients reduced in the autocast dtype; an
+    empty list leaves every gradient to be reduced in fp32, its weights' dtype."""
+    section: dict[str, Any] = {"enabled": enabled, "dtype": dtype}
+    if grad_reduce_dtype == "fp32":
+        section["lower_precision_safe_modules"] = []
+    return section
 
 
 def _merge(generated: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

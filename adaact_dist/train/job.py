@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from adaact_dist.train.config import DistributedConfig
+from adaact_dist.train.device import resolve_device
 from adaact_dist.train.logger import get_logger
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -91,16 +92,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def resolve_device(config: DistributedConfig, local_rank: int) -> torch.device:
-    wants_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    if not wants_cuda:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("distributed.device is 'cuda' but no CUDA device is visible")
-    torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    return torch.device("cuda", torch.cuda.current_device())
 
 
 class _ExpectedWarnings(logging.Filter):

@@ -11,7 +11,8 @@ before any work (:class:`~adaact_dist.train.config_io.ConfigError`, exit status 
 every differing key as ``old -> new``:
 
 - :data:`FREE` keys may change freely (where data lives, workers, cadences, logging,
-  evaluation, checkpoint retention, timeouts; the world size is not a config key, and a
+  evaluation, checkpoint retention, timeouts, arithmetic settings that leave the checkpoints
+  alike: the gradient reduction dtype, TF32, cuDNN's search; the world size is not a config key, and a
   checkpoint of another world size is converted on resume);
 - :data:`ALLOWABLE` keys change what the run does from here on, but leave its checkpoints
   meaningful: they may change when ``checkpoint.allow_changes`` names them (extending
@@ -55,6 +56,9 @@ FREE = (
     "distributed.device",
     "distributed.timeout_s",
     "distributed.hang_timeout_s",
+    "distributed.grad_reduce_dtype",
+    "distributed.cudnn_benchmark",
+    "distributed.tf32",
     "checkpoint",
     "logging",
     "eval",

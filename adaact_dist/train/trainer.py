@@ -126,15 +126,15 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.log = get_logger()
-        self.job = join_job(config.distributed)
-        self.rank, self.world_size, self.device = (
-            self.job.rank,
-            self.job.world_size,
-            self.job.device,
-        )
         try:
+            self.job = join_job(config.distributed)
+            self.rank, self.world_size, self.device = (
+                self.job.rank,
+                self.job.world_size,
+                self.job.device,
+            )
             self._build()
-        except ConfigValueError as error:  # a value only this world size or data set refutes
+        except ConfigValueError as error:  # a value only this node, world size or data refutes
             raise config_error(config, error) from None
 
     # -- construction ------------------------------------------------------------------

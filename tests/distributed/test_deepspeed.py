@@ -253,6 +253,16 @@ def test_the_binding_warns_when_deepspeed_clips_by_default(main_suite):
     assert main_suite[0]["no_clipping_warnings"] == []
 
 
+@pytest.mark.parametrize("stage", (1, 2))
+def test_autocast_gradients_are_reduced_in_fp32_unless_asked(main_suite, stage):
+    """``distributed.grad_reduce_dtype``: fp32 as the paper's AMP + DDP; ``autocast`` is
+    DeepSpeed's default, bf16 for the Linear and Conv weights (BatchNorm's stay fp32)."""
+    fp32, autocast = (main_suite[0][f"autocast_s{stage}_reduce_{d}"] for d in ("fp32", "autocast"))
+    assert fp32["buckets"] == fp32["weights"] == ["torch.float32"]
+    assert autocast["buckets"] == autocast["weights"] == ["torch.bfloat16", "torch.float32"]
+    assert max_relative_error(fp32["params"], autocast["params"]) < LOW_TOL
+
+
 # -- one GPU rank over NCCL: the same controls, fp16 with dynamic loss scaling -------------------
 @pytest.mark.parametrize("stage", STAGES)
 def test_nccl_fp32_matches_the_cpu_control(gpu_suite, stage, record_property):

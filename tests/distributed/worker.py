@@ -31,6 +31,7 @@ from adaact_dist.distributed import (
     init_distributed,
 )
 from adaact_dist.distributed.deepspeed_binding import bind_deepspeed
+from adaact_dist.train.ds_config import autocast_section
 from tests.distributed.common import (
     ds_config,
     make_model,
@@ -236,7 +237,25 @@ def suite_main(out: Path) -> dict:
     with scenario("clipping_warnings"):
         results["clipping_warnings"] = _clipping_warnings(drop_key=True)
         results["no_clipping_warnings"] = _clipping_warnings(drop_key=False)
+    # last: DeepSpeed's torch_autocast sets a process-wide flag that the ZeRO runs above would see
+    for stage in (1, 2):
+        for reduce_dtype in ("fp32", "autocast"):
+            with scenario(f"autocast_s{stage}_reduce_{reduce_dtype}") as key:
+                autocast = autocast_section(True, "bfloat16", reduce_dtype)
+                results[key] = _reduce_dtypes(Run(stage, torch_autocast=autocast))
     return results
+
+
+def _reduce_dtypes(run: Run) -> dict:
+    """The dtypes the engine's ZeRO optimizer reduces gradients in (its buckets, and each
+    weight's), after one step."""
+    run.steps(1, 1)
+    zero = run.engine.optimizer
+    return {
+        "buckets": sorted(str(dtype) for dtype in zero.ipg_buckets),
+        "weights": sorted({str(zero.get_param_comm_dtype(p)) for p in run.model.parameters()}),
+        "params": named_params(run.model),
+    }
 
 
 def _accept_fp16() -> bool:

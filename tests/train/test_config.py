@@ -156,8 +156,15 @@ def test_deepspeed_config_is_generated_from_the_config():
     assert ds["train_batch_size"] == 2048
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (256, 4)
     assert ds["zero_optimization"] == {"stage": 1}
-    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert ds["torch_autocast"] == {
+        "enabled": True,
+        "dtype": "bfloat16",
+        "lower_precision_safe_modules": [],  # gradients reduced in fp32
+    }
     assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    bf16_reduce = load_config("a2_vit_small", ["distributed.grad_reduce_dtype=autocast"])
+    ds_bf16_reduce = deepspeed_config(bf16_reduce, make_plan(bf16_reduce, world_size=2))
+    assert ds_bf16_reduce["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     native = load_config("a2_vit_small", ["distributed.precision_mode=deepspeed"])
     ds = deepspeed_config(native, make_plan(native, world_size=2))
     assert ds["bf16"]["enabled"] and not ds["torch_autocast"]["enabled"]

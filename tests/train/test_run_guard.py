@@ -136,7 +136,7 @@ def test_a_checkpoint_of_another_run_is_refused(run, tmp_path):
     [
         (
             "a2_resnet50",
-            ["data.root=/no/such/dir"],
+            ["data.root=/no/such/dir", "distributed.device=cpu"],
             "Invalid data.root='/no/such/dir' in --set data.root=/no/such/dir: must be a shard "
             "directory holding train/manifest.json; it does not exist: write the shards with: "
             "python launch/make_shards.py --src IMAGE_FOLDER --out /no/such/dir --split train",
@@ -161,7 +161,7 @@ def test_a_data_root_without_the_split_says_how_to_write_it(tmp_path):
     empty.mkdir()
     done = train(
         "--config", "a2_resnet50", "--set", f"run.output_dir={tmp_path / 'run'}",
-        f"data.root={empty}",
+        f"data.root={empty}", "distributed.device=cpu",
     )  # fmt: skip
     assert done.returncode == EXIT_CONFIG
     assert "it has no train/ split: write the shards with: python launch/make_shards.py" in (
