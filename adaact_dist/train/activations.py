@@ -15,6 +15,29 @@ from torch import Tensor, nn
 PROBED = (nn.Linear, nn.Conv2d)
 
 
+CHUNK_ELEMENTS = 1 << 22
+"""Elements of the largest fp32 temporary the probe makes (16 MB): it reads a layer's output in
+batch chunks of about this size, where a float copy of the whole output of a ResNet stem at
+micro-batch 512 would take 1.6 GB, and the variance's deviations as much again."""
+
+
+def mean_batch_variance(output: Tensor) -> Tensor:
+    """The mean over elements of each element's variance across the batch (dim 0), in fp32.
+
+    Two passes (mean, then squared deviations), each over batch chunks of at most
+    :data:`CHUNK_ELEMENTS` elements, so its temporaries stay small whatever the output's size.
+    """
+    rows = max(1, CHUNK_ELEMENTS // max(1, output[0].numel()))
+    total = torch.zeros(output.shape[1:], dtype=torch.float32, device=output.device)
+    for chunk in output.split(rows):
+        total += chunk.sum(dim=0, dtype=torch.float32)
+    mean = total / output.shape[0]
+    squares = torch.zeros_like(total)
+    for chunk in output.split(rows):
+        squares += (chunk.float() - mean).square().sum(dim=0)
+    return (squares / output.shape[0]).mean()
+
+
 class ActivationProbe:
     """Forward hooks that measure output variance only while armed (one forward per probe step)."""
 
@@ -34,8 +57,7 @@ class ActivationProbe:
             if output.shape[0] < 2:
                 return
             with torch.no_grad():
-                flat = output.detach().float().flatten(1)
-                self._pending[name] = flat.var(dim=0, unbiased=False).mean()
+                self._pending[name] = mean_batch_variance(output.detach())
 
         return hook
 
