@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaact_dist.study.recipes import RUN_KEYS
@@ -127,13 +127,16 @@ def read_outcome(run: CriticalRun) -> Outcome | None:
 @dataclass(frozen=True)
 class Cell:
     """One (task, optimizer, batch size): lrs are ``center * GRID_FACTOR**k``, or the fixed
-    lrs of ``--lrs``."""
+    lrs of ``--lrs``; ``extra_lrs`` join the grid after its initial values (``--extra-lr``)."""
 
     task: str
     optimizer: str
     batch_size: int
     center: float
     fixed_lrs: tuple[float, ...] | None = None
+    seeds: int = 1
+    """Seeds ``0 .. seeds - 1`` of every lr."""
+    extra_lrs: tuple[float, ...] = ()
 
     def lr(self, exponent: int) -> float:
         return self.center * GRID_FACTOR**exponent
@@ -158,22 +161,25 @@ def best_lr(outcomes: Sequence[Outcome]) -> float:
 
 def next_lr(cell: Cell, tried: Sequence[float], outcomes: Sequence[Outcome]) -> float | None:
     """The cell's next lr to try after ``tried`` (whose runs are all in ``outcomes``), or None
-    when its grid is complete: the initial grid centre first, then the edge its best lr sits
-    on, one value at a time."""
+    when its grid is complete: the initial grid centre first, then its extra lrs, then one grid
+    value at a time beyond the edge (lowest or highest lr tried) that its best lr sits on."""
     if cell.fixed_lrs is not None:
-        remaining = [lr for lr in cell.fixed_lrs if lr not in tried]
+        remaining = [lr for lr in (*cell.fixed_lrs, *cell.extra_lrs) if lr not in tried]
         return remaining[0] if remaining else None
     order = sorted(INITIAL_GRID, key=lambda k: (abs(k), k))
-    for exponent in order:
-        if cell.lr(exponent) not in tried:
-            return cell.lr(exponent)
-    exponents = sorted(k for k in range(-64, 65) if cell.lr(k) in tried)
+    for lr in [*(cell.lr(k) for k in order), *cell.extra_lrs]:
+        if lr not in tried:
+            return lr
     best = best_lr(outcomes)
-    low, high = exponents[0], exponents[-1]
-    if best == cell.lr(low) and low > min(INITIAL_GRID) - MAX_EXTENSIONS:
-        return cell.lr(low - 1)
-    if best == cell.lr(high) and high < max(INITIAL_GRID) + MAX_EXTENSIONS:
-        return cell.lr(high + 1)
+    lowest, highest = min(INITIAL_GRID) - MAX_EXTENSIONS, max(INITIAL_GRID) + MAX_EXTENSIONS
+    if best == min(tried):
+        below = max((k for k in range(lowest, highest + 1) if cell.lr(k) < best), default=None)
+        if below is not None:
+            return cell.lr(below)
+    if best == max(tried):
+        above = min((k for k in range(lowest, highest + 1) if cell.lr(k) > best), default=None)
+        if above is not None:
+            return cell.lr(above)
     return None
 
 
@@ -187,6 +193,26 @@ def step_budget(max_steps: int, seed: int, outcomes: Sequence[Outcome], least: i
     return min(max_steps, max(least, math.ceil(BUDGET_FACTOR * min(reached))))
 
 
+@dataclass(frozen=True)
+class SeedRule:
+    """``seeds`` per lr, ``more`` from batch ``from_batch`` up, where runs are cheap and seeds
+    disagree most (``--seeds 2,3@256``)."""
+
+    seeds: int
+    more: int | None = None
+    from_batch: int | None = None
+
+    def at(self, batch_size: int) -> int:
+        if self.more is not None and self.from_batch is not None and batch_size >= self.from_batch:
+            return self.more
+        return self.seeds
+
+    def describe(self) -> str:
+        if self.more is None:
+            return f"{self.seeds} seed(s)"
+        return f"{self.seeds} seed(s), {self.more} from batch {self.from_batch} up"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     """What the command line asked for."""
@@ -195,10 +221,12 @@ class Plan:
     task: str
     optimizers: Sequence[str]
     batch_sizes: Sequence[int]
-    seeds: int
+    seeds: SeedRule
     target: float
     max_steps: int
     lrs: Sequence[float] | None = None
+    extra_lrs: Mapping[tuple[str, int], tuple[float, ...]] = field(default_factory=dict)
+    """(optimizer, batch size) -> lrs tried besides its grid (``--extra-lr``)."""
 
     def cells(self) -> list[Cell]:
         return [
@@ -208,6 +236,8 @@ class Plan:
                 batch,
                 center=OPTIMIZERS[name].lr(batch),
                 fixed_lrs=tuple(self.lrs) if self.lrs else None,
+                seeds=self.seeds.at(batch),
+                extra_lrs=self.extra_lrs.get((name, batch), ()),
             )
             for name in self.optimizers
             for batch in self.batch_sizes

@@ -4,6 +4,7 @@ noise runs, then write the tables, plots and summary."""
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import threading
@@ -20,6 +21,7 @@ from adaact_dist.study.critical_batch import (
     CriticalRun,
     Outcome,
     Plan,
+    SeedRule,
     best_lr,
     next_lr,
     read_outcome,
@@ -62,6 +64,31 @@ def _lrs(text: str) -> list[float]:
     return values
 
 
+def _seed_rule(text: str) -> SeedRule:
+    match = re.fullmatch(r"(\d+)(?:,(\d+)@(\d+))?", text)
+    if match is None or int(match[1]) < 1 or (match[2] is not None and int(match[2]) < 1):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: N seeds per lr, or N,M@B for M seeds from batch B up (N, M >= 1)"
+        )
+    if match[2] is None:
+        return SeedRule(int(match[1]))
+    return SeedRule(int(match[1]), int(match[2]), int(match[3]))
+
+
+def _extra_lr(text: str) -> tuple[str, int, float]:
+    match = re.fullmatch(r"([\w-]+)@(\d+)=([0-9.eE+-]+)", text)
+    try:
+        lr = float(match[3]) if match else -1.0
+    except ValueError:
+        lr = -1.0
+    if match is None or match[1] not in OPTIMIZERS or lr <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: OPTIMIZER@BATCH=LR with an optimizer of {', '.join(OPTIMIZERS)} and "
+            "an lr > 0"
+        )
+    return match[1], int(match[2]), lr
+
+
 def _percent(text: str) -> float:
     try:
         value = float(text)
@@ -98,13 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="global batch sizes",
     )
     parser.add_argument("--target", type=_percent, default=95.0, help="validation top-1 (%%)")
-    parser.add_argument("--seeds", type=_positive, default=2, help="seeds 0..N-1 per lr")
+    parser.add_argument(
+        "--seeds",
+        type=_seed_rule,
+        default=SeedRule(2),
+        help="seeds 0..N-1 per lr; N,M@B: M seeds from batch B up",
+    )
     parser.add_argument("--max-steps", type=_positive, default=3000, help="step budget per run")
     parser.add_argument(
         "--lrs",
         type=_lrs,
         default=None,
         help="fixed lrs for every optimizer and batch size instead of the grown grids",
+    )
+    parser.add_argument(
+        "--extra-lr",
+        type=_extra_lr,
+        action="append",
+        default=[],
+        metavar="OPTIMIZER@BATCH=LR",
+        help="an lr that this cell's grid tries besides its own (repeatable), e.g. adaact@2048=4",
     )
     parser.add_argument(
         "--noise-batch",
@@ -187,11 +227,11 @@ class Study:
         ``--report-only``, the runs of those of its lrs whose seeds have all finished)."""
         tried: list[float] = []
         outcomes: list[Outcome] = []
-        with ThreadPoolExecutor(max_workers=self.plan.seeds) as seeds:
+        with ThreadPoolExecutor(max_workers=cell.seeds) as seeds:
             while (lr := next_lr(cell, tried, outcomes)) is not None:
                 futures = [
                     seeds.submit(self.execute, self.grid_run(cell, lr, seed, outcomes))
-                    for seed in range(self.plan.seeds)
+                    for seed in range(cell.seeds)
                 ]
                 try:
                     outcomes += [future.result() for future in futures]
@@ -258,7 +298,15 @@ def plan_of(args: argparse.Namespace) -> Plan:
         target=args.target,
         max_steps=args.max_steps,
         lrs=args.lrs,
+        extra_lrs=_extra_lrs_by_cell(args.extra_lr),
     )
+
+
+def _extra_lrs_by_cell(items: list[tuple[str, int, float]]) -> dict[tuple[str, int], tuple]:
+    cells: dict[tuple[str, int], tuple[float, ...]] = {}
+    for name, batch, lr in items:
+        cells[(name, batch)] = (*cells.get((name, batch), ()), lr)
+    return cells
 
 
 def _check_arguments(args: argparse.Namespace, common: list[str]) -> None:

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from adaact_dist.study.critical_batch import BUDGET_FACTOR, GRID_FACTOR, INITIAL_GRID
+from adaact_dist.study.critical_batch import BUDGET_FACTOR, GRID_FACTOR, INITIAL_GRID, SeedRule
 from adaact_dist.study.critical_results import BatchPoint, CriticalBatch
 from adaact_dist.study.report import machine
 
@@ -21,7 +21,7 @@ class StudyContext:
     task: str
     target: float
     max_steps: int
-    seeds: int
+    seeds: SeedRule
     jobs: int
     threads: int
     runs: int
@@ -126,7 +126,7 @@ def summary_markdown(
         "",
         f"Machine: {machine()}; every run is one process (world size 1, ZeRO stage 0) with "
         f"{context.threads} thread(s), {context.jobs} run(s) at a time. Recipe: "
-        f"`{context.config}`; {context.seeds} seed(s); step budget {context.max_steps}. "
+        f"`{context.config}`; {context.seeds.describe()}; step budget {context.max_steps}. "
         f"This invocation: {context.runs} run(s) trained, {context.wall_s / 60:.1f} min. "
         f"All invocations: {context.final_runs} run(s) ended, "
         f"{context.final_runs_wall_s / 3600:.1f} h of run time in all (about "

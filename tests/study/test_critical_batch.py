@@ -97,6 +97,40 @@ def test_fixed_lrs_are_tried_in_order_and_never_grown():
     assert next_lr(fixed, [0.05, 0.2], [_outcome(0.05, 0, 10), _outcome(0.2, 0, None)]) is None
 
 
+def test_an_extra_lr_joins_the_grid_after_its_initial_values():
+    card = Cell("digits", "adaact", 64, center=0.4, extra_lrs=(0.25,))
+
+    def grow(steps: dict[float, int]) -> list[float]:
+        tried, outcomes = [], []
+        while (lr := next_lr(card, tried, outcomes)) is not None:
+            outcomes.append(_outcome(lr, 0, steps[lr]))
+            tried.append(lr)
+        return tried
+
+    # the extra lr is best and inside what was tried: the grid is complete
+    assert grow({0.4: 300, 0.2: 250, 0.8: 400, 0.25: 200}) == [0.4, 0.2, 0.8, 0.25]
+    # 0.2 is best and the lowest tried: the grid grows below it, as without the extra
+    assert grow({0.4: 300, 0.2: 250, 0.8: 400, 0.25: 500, 0.1: 260}) == [
+        0.4, 0.2, 0.8, 0.25, 0.1,
+    ]  # fmt: skip
+    # an extra below the grid that is best: the next grid value below it
+    low = Cell("digits", "adaact", 64, center=0.4, extra_lrs=(0.15,))
+    assert next_lr(low, [0.4, 0.2, 0.8, 0.15], [_outcome(0.15, 0, 10)]) == 0.1
+
+
+def test_more_seeds_from_a_batch_size_up(tmp_path):
+    plan = critical_cli.plan_of(
+        critical_cli.build_parser().parse_args(
+            ["--optimizers", "adaact", "--batch-sizes", "128,256,2048", "--seeds", "2,3@256",
+             "--extra-lr", "adaact@2048=4", "--extra-lr", "adaact@2048=8", "--out", str(tmp_path)]
+        )
+    )  # fmt: skip
+    cells = {cell.batch_size: cell for cell in plan.cells()}
+    assert [cells[b].seeds for b in (128, 256, 2048)] == [2, 3, 3]
+    assert cells[2048].extra_lrs == (4.0, 8.0) and cells[128].extra_lrs == ()
+    assert plan.seeds.describe() == "2 seed(s), 3 from batch 256 up"
+
+
 def _rows(path: Path) -> tuple[list[str], list[dict]]:
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -224,7 +258,17 @@ def test_keys_the_study_sets_are_refused_from_set(tmp_path, capsys):
     assert "must be below --noise-batch" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad", [["--lrs", "0.1,x"], ["--target", "120"], ["--seeds", "0"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--lrs", "0.1,x"],
+        ["--target", "120"],
+        ["--seeds", "0"],
+        ["--seeds", "2,0@256"],
+        ["--extra-lr", "adam@2048=4"],
+        ["--extra-lr", "adaact@2048=-1"],
+    ],
+)
 def test_bad_arguments_are_named(bad, capsys):
     with pytest.raises(SystemExit):
         critical_cli.build_parser().parse_args(bad)
