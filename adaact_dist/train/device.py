@@ -4,8 +4,8 @@ A recipe meant for GPUs says ``distributed.device: cuda``: on a node where torch
 device it stops, saying what was found (a CPU-only torch, no driver, a driver too old for the
 CUDA that torch was built for, GPUs hidden by ``CUDA_VISIBLE_DEVICES``), instead of training on
 the CPU over gloo. The CPU is used only where asked for (``cpu``; a dry run of a GPU recipe is
-``--set distributed.device=cpu``) or where ``auto`` finds no GPU, which is logged with the same
-reason.
+``--set distributed.device=cpu``) or where ``auto`` finds no GPU, which rank 0 logs with the
+same reason.
 """
 
 from __future__ import annotations
@@ -81,8 +81,11 @@ def why_no_cuda(facts: CudaFacts) -> str:
     return f"the NVIDIA driver (CUDA {driver}) reports no usable GPU"
 
 
-def resolve_device(config: DistributedConfig, local_rank: int) -> torch.device:
-    """This rank's device under ``distributed.device``, with the CUDA settings applied."""
+def resolve_device(
+    config: DistributedConfig, local_rank: int, *, announce: bool = True
+) -> torch.device:
+    """This rank's device under ``distributed.device``, with the CUDA settings applied;
+    ``announce``: log why ``auto`` chose the CPU (rank 0 only, every rank finds the same)."""
     if config.device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -94,7 +97,8 @@ def resolve_device(config: DistributedConfig, local_rank: int) -> torch.device:
                 f"'cpu' on this node, where torch sees no CUDA device: {reason}. For a CPU dry "
                 "run of a GPU recipe, set distributed.device=cpu",
             )
-        get_logger().warning("distributed.device=auto: training on the CPU, since %s", reason)
+        if announce:
+            get_logger().info("distributed.device=auto: training on the CPU, since %s", reason)
         return torch.device("cpu")
     torch.cuda.set_device(local_rank % torch.cuda.device_count())
     apply_cuda_settings(config)

@@ -43,10 +43,14 @@ def deepspeed_config(config: TrainConfig, plan: RunPlan) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.accumulation_steps,
         "gradient_clipping": config.optim.gradient_clipping,
-        "zero_optimization": {"stage": dist.zero_stage},
+        "zero_optimization": _zero_section(
+            dist.zero_stage, config.optim.gradient_clipping, dist.deepspeed_extra
+        ),
         # AdaAct is a client optimizer that DeepSpeed has not vetted for ZeRO.
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": native and precision == "bf16"},
+        # The trainer's one check per step finds non-finite losses; DeepSpeed's bf16 overflow
+        # check would add a device sync per step (bf16 has fp32's range: nothing to rescale).
+        "bf16": {"enabled": native and precision == "bf16", "check_grad_overflow": False},
         "fp16": {
             "enabled": native and precision == "fp16",
             "loss_scale": 0,
@@ -65,6 +69,20 @@ def deepspeed_config(config: TrainConfig, plan: RunPlan) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     return _merge(generated, dist.deepspeed_extra)
+
+
+def _zero_section(stage: int, clipping: float, extra: dict[str, Any]) -> dict[str, Any]:
+    """ZeRO's section. Without clipping, ZeRO 1/2 need no global gradient norm, whose
+    non-finite check reads the device once per step; DeepSpeed needs it with optimizer offload
+    and an fp32 gradient accumulation, which ``deepspeed_extra`` may ask for (as it may ask for
+    ``zero_optimization: {compute_grad_norm: true}``)."""
+    section: dict[str, Any] = {"stage": stage}
+    needs_norm = "offload_optimizer" in extra.get("zero_optimization", {}) or (
+        "grad_accum_dtype" in extra.get("data_types", {})
+    )
+    if stage in (1, 2) and not clipping and not needs_norm:
+        section["compute_grad_norm"] = False
+    return section
 
 
 def autocast_section(enabled: bool, dtype: str, grad_reduce_dtype: str) -> dict[str, Any]:

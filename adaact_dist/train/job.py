@@ -135,7 +135,7 @@ def join_job(config: DistributedConfig) -> Job:
     """Fill the environment, pick the device, and initialise the bounded process group."""
     launcher = fill_env()
     local_rank = int(os.environ["LOCAL_RANK"])
-    device = resolve_device(config, local_rank)
+    device = resolve_device(config, local_rank, announce=os.environ["RANK"] == "0")
     if device.type == "cpu":
         # DeepSpeed picks its accelerator at import; say "cpu" rather than let it probe, and
         # hush torch's "no CUDA runtime" note when DeepSpeed loads its CPU comm op.

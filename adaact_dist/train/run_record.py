@@ -12,8 +12,8 @@ every differing key as ``old -> new``:
 
 - :data:`FREE` keys may change freely (where data lives, workers, cadences, logging,
   evaluation, checkpoint retention, timeouts, arithmetic settings that leave the checkpoints
-  alike: the gradient reduction dtype, TF32, cuDNN's search; the world size is not a config key, and a
-  checkpoint of another world size is converted on resume);
+  alike: the gradient reduction dtype, TF32, cuDNN's search; the world size is not a config
+  key, and a checkpoint of another world size is converted on resume);
 - :data:`ALLOWABLE` keys change what the run does from here on, but leave its checkpoints
   meaningful: they may change when ``checkpoint.allow_changes`` names them (extending
   ``schedule.epochs`` or ``schedule.max_steps``, moving to the DALI backend on a GPU cluster);

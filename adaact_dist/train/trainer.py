@@ -46,6 +46,7 @@ from adaact_dist.train.evaluate import EvalResult, average_batchnorm_buffers, ev
 from adaact_dist.train.job import join_job, leave_job
 from adaact_dist.train.loaders import build_loaders
 from adaact_dist.train.logger import get_logger
+from adaact_dist.train.loss_tally import LossTally
 from adaact_dist.train.metrics import MetricsWriter, NullMetricsWriter, Progress
 from adaact_dist.train.noise_scale import GradientNormProbe
 from adaact_dist.train.optimizers import OPTIMIZERS
@@ -347,7 +348,8 @@ class Trainer:
         noise_every = self.config.logging.noise_scale_every_steps
         measuring = self.noise_probe is not None and state.global_step % noise_every == 0
         variances = None
-        loss_sum, stop = 0.0, False
+        losses = LossTally(self.device)
+        last = self.plan.accumulation_steps - 1
         for micro in range(self.plan.accumulation_steps):
             batch = next(batches, None)
             if batch is None:
@@ -363,16 +365,17 @@ class Trainer:
             if probing and micro == 0:
                 variances = self.probe.collect()
             loss = self.criterion(output.float(), targets)
-            mean_loss, stop = self._check(loss, state.global_step)
-            loss_sum += mean_loss
+            losses.add(loss)
             engine.backward(loss)
             if measuring:
                 self.noise_probe.after_backward()
+            if micro == last:  # before DeepSpeed's optimizer step, in the last engine.step()
+                mean_loss, stop = self._agree_on_losses(losses, state.global_step)
             engine.step()
             if self.watchdog is not None:
                 self.watchdog.pet()
         return StepResult(
-            loss=loss_sum / self.plan.accumulation_steps,
+            loss=mean_loss,
             lr=lr,
             seconds=time.perf_counter() - tick,
             stop_requested=stop,
@@ -586,16 +589,11 @@ class Trainer:
             images = images.to(self.input_dtype)
         return images, targets
 
-    def _check(self, loss: torch.Tensor, step: int) -> tuple[float, bool]:
-        """All-reduce (loss, non-finite, stop); raise on a non-finite loss anywhere."""
-        detached = loss.detach().float()
-        flags = torch.stack(
-            [
-                torch.nan_to_num(detached, nan=0.0, posinf=0.0, neginf=0.0),
-                (~torch.isfinite(detached)).float(),
-                torch.tensor(float(self._stop_requested), device=detached.device),
-            ]
-        )
+    def _agree_on_losses(self, losses: LossTally, step: int) -> tuple[float, bool]:
+        """All ranks' (mean loss, non-finite count, stop requests) in one all-reduce and one
+        device read per optimizer step; raise on a non-finite loss anywhere, before the
+        optimizer step."""
+        flags = losses.flags(self._stop_requested)
         if self.world_size > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.SUM)
         total, bad, stop = flags.tolist()
@@ -603,12 +601,12 @@ class Trainer:
             latest = self.checkpoints.latest()
             kept = f"the last good checkpoint is {latest.path}" if latest else "no checkpoint yet"
             raise TrainingDiverged(
-                f"Non-finite loss on {int(bad)} of {self.world_size} rank(s) at step {step}, "
-                f"epoch {self.state.epoch} (this rank: {float(detached):.4g}): stopping before "
-                f"the optimizer step; {kept}. "
-                "Lower optim.lr, add warm-up (schedule.warmup_epochs) or gradient clipping."
+                f"Non-finite loss in {int(bad)} micro-batch(es) over {self.world_size} rank(s) "
+                f"at step {step}, epoch {self.state.epoch}: stopping before the optimizer "
+                f"step; {kept}. Lower optim.lr, add warm-up (schedule.warmup_epochs) or "
+                "gradient clipping."
             )
-        return total / self.world_size, stop > 0
+        return total / (self.world_size * losses.count), stop > 0
 
     # -- evaluation, checkpoints, records ------------------------------------------------
     def _evaluate_epoch(self, epoch: int) -> None:

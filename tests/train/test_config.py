@@ -155,7 +155,8 @@ def test_deepspeed_config_is_generated_from_the_config():
     ds = deepspeed_config(config, make_plan(config, world_size=2))
     assert ds["train_batch_size"] == 2048
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (256, 4)
-    assert ds["zero_optimization"] == {"stage": 1}
+    # no clipping: no global gradient norm, whose check reads the device every step
+    assert ds["zero_optimization"] == {"stage": 1, "compute_grad_norm": False}
     assert ds["torch_autocast"] == {
         "enabled": True,
         "dtype": "bfloat16",
@@ -167,12 +168,26 @@ def test_deepspeed_config_is_generated_from_the_config():
     assert ds_bf16_reduce["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     native = load_config("a2_vit_small", ["distributed.precision_mode=deepspeed"])
     ds = deepspeed_config(native, make_plan(native, world_size=2))
-    assert ds["bf16"]["enabled"] and not ds["torch_autocast"]["enabled"]
+    assert ds["bf16"] == {"enabled": True, "check_grad_overflow": False}
+    assert not ds["torch_autocast"]["enabled"]
     extra = load_config(
         "demo", ["distributed.deepspeed_extra={zero_optimization: {reduce_bucket_size: 1000}}"]
     )
     ds = deepspeed_config(extra, make_plan(extra, world_size=2))
-    assert ds["zero_optimization"] == {"stage": 1, "reduce_bucket_size": 1000}
+    assert ds["zero_optimization"] == {
+        "stage": 1,
+        "compute_grad_norm": False,
+        "reduce_bucket_size": 1000,
+    }
+    for needs_norm in (
+        ["optim.gradient_clipping=1.0"],
+        ["distributed.deepspeed_extra={zero_optimization: {offload_optimizer: {device: cpu}}}"],
+        ["distributed.deepspeed_extra={data_types: {grad_accum_dtype: fp32}}"],
+    ):
+        normed = load_config("demo", needs_norm)
+        assert "compute_grad_norm" not in deepspeed_config(
+            normed, make_plan(normed, world_size=2)
+        )["zero_optimization"]
     clash = load_config("demo", ["distributed.deepspeed_extra={train_batch_size: 7}"])
     with pytest.raises(ConfigValueError, match="free of 'train_batch_size'"):
         deepspeed_config(clash, make_plan(clash, world_size=2))
