@@ -128,14 +128,17 @@ def ddp_suite(out_dir) -> list[dict]:
     return run_suite("ddp", out_dir, ranks=2, launcher="torchrun")
 
 
-@pytest.fixture(scope="session")
-def gpu_suite(out_dir) -> list[dict]:
-    """One GPU rank over NCCL: ZeRO 0/1/2 in fp32, bf16 and fp16 with dynamic loss scaling
-    (which DeepSpeed's CPU accelerator refuses), each low-precision run also with an overflow
-    step; accumulation 2 makes the global batch of the 2-rank CPU suite."""
+@pytest.fixture(scope="session", params=[1, 2], ids=["1gpu", "2gpus"])
+def gpu_suite(out_dir, request) -> list[dict]:
+    """One and two GPU ranks over NCCL: ZeRO 0/1/2 in fp32, bf16 and fp16 with dynamic loss
+    scaling, each low-precision run also with an overflow step; accumulation (2 on one rank, 1
+    on two) makes the global batch of the 2-rank CPU suite."""
+    ranks = request.param
     if not torch.cuda.is_available():
         pytest.skip(
             "NCCL needs a CUDA GPU; none here (the CPU suites run on gloo; "
             "python -m benchmarks.gpu_check runs these on one)"
         )
-    return run_suite("gpu", out_dir, 1, "--device", "cuda")
+    if torch.cuda.device_count() < ranks:
+        pytest.skip(f"{ranks} NCCL ranks need {ranks} GPUs; {torch.cuda.device_count()} here")
+    return run_suite(f"gpu{ranks}", out_dir, ranks, "--device", "cuda")

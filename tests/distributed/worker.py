@@ -4,7 +4,7 @@ process group (launching is the slow part) and rank 0 saves everything the tests
 ``<out>/<suite>.pt``.
 
 ``--device cuda`` runs a suite on this rank's GPU over NCCL (the ``gpu_suite`` fixture
-launches the ``gpu`` suite so); the default is the CPU and gloo.
+launches the ``gpu1`` and ``gpu2`` suites so); the default is the CPU and gloo.
 """
 
 from __future__ import annotations
@@ -301,18 +301,18 @@ def _clipping_warnings(*, drop_key: bool) -> list[str]:
 
 
 def suite_gpu(out: Path) -> dict:
-    """One GPU rank (NCCL): ZeRO 0/1/2 in fp32, bf16 and fp16 with dynamic loss scaling
-    (which DeepSpeed's CPU accelerator refuses), each low-precision run also with an overflow
-    step. Accumulation 2 makes the global batch of the 2-rank CPU suite, so the same
-    one-process controls apply."""
+    """One GPU per rank (NCCL): ZeRO 0/1/2 in fp32, bf16 and fp16 with dynamic loss scaling,
+    each low-precision run also with an overflow step. Accumulation (2 on one rank, 1 on two)
+    makes the global batch of the 2-rank CPU suite, so the same one-process controls apply."""
     results = {"fp16_supported": deepspeed.get_accelerator().is_fp16_supported()}
+    gas = 2 // dist.get_world_size()
     for stage in (0, 1, 2):
-        results[f"fp32_s{stage}"] = Run(stage, gas=2).steps(1, 6).record()
+        results[f"fp32_s{stage}"] = Run(stage, gas=gas).steps(1, 6).record()
         configs = {"bf16": BF16_CONFIGS[stage]}
         if results["fp16_supported"]:
             configs["fp16"] = {"fp16": FP16}
         for name, config in configs.items():
-            results.update(overflow_pair(f"{name}_s{stage}", stage, gas=2, **config))
+            results.update(overflow_pair(f"{name}_s{stage}", stage, gas=gas, **config))
     return results
 
 
@@ -429,7 +429,8 @@ def main() -> None:
         "one_rank": suite_one_rank,
         "two_from_one": suite_two_from_one,
         "ddp": suite_ddp,
-        "gpu": suite_gpu,
+        "gpu1": suite_gpu,
+        "gpu2": suite_gpu,
     }
     results = _to_cpu(suites[args.suite](args.out))
     gathered = [None] * dist.get_world_size()
