@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SOURCES := $(wildcard adaact_dist launch tests benchmarks .ci)
 
-.PHONY: test lint format demo clean slurm slurm-stop image image-test
+.PHONY: test lint format demo clean slurm slurm-stop hosts hosts-stop image image-test
 
 $(STAMP): pyproject.toml docker/cuda-pins.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ slurm:
 
 slurm-stop:
 	.ci/slurm_cluster.sh stop
+
+# Two emulated hosts on this machine (network namespaces node1 and node2, each with its own sshd
+# and hostname; root; installs openssh-server and pdsh where missing) for
+# tests/launch/test_multinode.py, which skips without them. .ci/run starts them before the tests.
+hosts:
+	.ci/emulated_hosts.sh start 2
+
+hosts-stop:
+	.ci/emulated_hosts.sh stop
 
 # The image (docker/Dockerfile, CUDA base): docker build where a Docker daemon answers, else
 # buildah.
