@@ -27,6 +27,7 @@ from adaact_dist.study.critical_batch import (
     read_outcome,
     step_budget,
 )
+from adaact_dist.study.critical_records import pack_records
 from adaact_dist.study.critical_report import StudyContext, summary_markdown
 from adaact_dist.study.critical_results import (
     best_points,
@@ -163,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train nothing: write the tables and plots from the runs finished so far (each "
         "cell up to its first unfinished run), e.g. while the study runs elsewhere",
+    )
+    parser.add_argument(
+        "--pack-records",
+        type=Path,
+        metavar="ARCHIVE",
+        help="also write the ended runs' records (what the tables and plots are made from; "
+        "no checkpoints) to this .tar.gz; unpacked into --out, --report-only rewrites them",
     )
     add_override_option(
         parser, "trainer overrides for every run (not the keys the study sets per run)"
@@ -402,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for path in _write_reports(args, outcomes, noise, context):
         print(f"wrote {path}")
+    if args.pack_records is not None:
+        count = pack_records(args.out, args.pack_records)
+        print(f"wrote {args.pack_records} ({count} record files)")
     failures += noise_failures
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)

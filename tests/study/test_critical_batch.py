@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tarfile
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -180,8 +181,19 @@ def test_a_tiny_study_end_to_end_then_nothing_to_do(tmp_path, capsys):
         assert (out / name).stat().st_size > 10_000, name
     assert "Fit of S(B)" in (out / "summary.md").read_text()
 
-    assert critical_cli.main(argv) == 0
+    archive = tmp_path / "records.tar.gz"
+    assert critical_cli.main([*argv, "--pack-records", str(archive)]) == 0
     assert "8 grid run(s) and 2 noise run(s) final, 0 trained now" in capsys.readouterr().out
+    # The records alone rewrite every table: unpacked elsewhere, --report-only.
+    again = tmp_path / "again"
+    with tarfile.open(archive) as tar:
+        assert not [m.name for m in tar.getmembers() if "checkpoints" in m.name]
+        tar.extractall(again, filter="data")
+    report = [*argv[: argv.index("--out")], "--out", str(again), "--report-only"]
+    assert critical_cli.main(report) == 0
+    for table in ("steps_to_target.csv", "critical_batch.csv", "noise_scale.csv"):
+        assert (again / table).read_bytes() == (out / table).read_bytes(), table
+    assert len(_rows(again / "noise_scale.csv")[1]) == len(noise) > 0
     # The cost of the whole study, from the runs' own records, whatever trained them.
     summaries = sorted(out.rglob("summary.json"))
     hours = sum(json.loads(path.read_text())["wall_time_s"] for path in summaries) / 3600
