@@ -56,6 +56,7 @@ from adaact_dist.train.resume import ResumePoint, choose_resume_point
 from adaact_dist.train.run_record import RunRecord
 from adaact_dist.train.run_summary import RunSummary, StopReason
 from adaact_dist.train.schedule import LRSchedule
+from adaact_dist.train.shared_run_dir import check_run_dir_shared
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -141,12 +142,16 @@ class Trainer:
     # -- construction ------------------------------------------------------------------
     def _build(self) -> None:
         """Everything a start needs, in the order that lets a bad config fail before any
-        work: plan, run directory check, data, resume point, engine, then the state."""
+        work: plan, run directory checks (shared by every host, this run's), data, resume
+        point, engine, then the state."""
         config = self.config
         check_model_name(config)
         self.plan = make_plan(config, self.world_size, device=self.device)
         self.ds_config = deepspeed_config(config, self.plan)
         self.run_dir = Path(config.run.resolved_output_dir)
+        check_run_dir_shared(  # before any rank looks into it: one directory on every host
+            self.run_dir, config.run.resolved_output_dir, rank=self.rank, world_size=self.world_size
+        )
         record = RunRecord(self.run_dir)
         changed = record.check(config)  # before any work: this directory's run, or refuse
         self.log.info(

@@ -6,16 +6,23 @@ on every host. The hosts cannot be reached from the root namespace: a command th
 them runs on one of them, as :func:`on_host` builds it, the way an operator launches a job from
 the first node of a cluster. Every ssh run on a host (DeepSpeed's ``ssh HOST hostname`` check,
 pdsh's ssh) reads that host's ``/etc/ssh/ssh_config``, the test's identity and known hosts.
+
+A host's sshd runs in the mount namespace that ``ip netns exec`` made for it (its /etc files
+are bound there), and so does every session it starts, the ranks that pdsh launches included:
+:func:`private_folder` mounts an empty tmpfs there, which gives that host alone a directory of
+its own at a shared path, as a node-local scratch disk does on a cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +40,7 @@ def unavailable(count: int = 2) -> str | None:
     the script, listed by ``ip netns``, and node1 reaching each by name over ssh."""
     if os.geteuid() != 0:
         return "entering the emulated hosts (ip netns exec) needs root"
-    for tool in ("ip", "unshare", "pdsh"):
+    for tool in ("ip", "unshare", "nsenter", "pdsh"):
         if shutil.which(tool) is None:
             return f"no {tool} on PATH: {START} installs what it needs"
     try:
@@ -77,6 +84,26 @@ def on_host(name: str, command: list[str]) -> list[str]:
     """``command`` run on host ``name``: in its network namespace (whose /etc/hosts and
     /etc/ssh are that host's) under its own hostname, with the machine's ~/.ssh out of sight."""
     return ["ip", "netns", "exec", name, "unshare", "--uts", "sh", "-c", ON_HOST, name, *command]
+
+
+def in_mounts_of(name: str, command: list[str]) -> list[str]:
+    """``command`` run in the mount namespace of host ``name``'s sshd: the files that every
+    session on that host sees (no network namespace: it runs from this machine)."""
+    pid = (STATE / name / "sshd.pid").read_text().strip()
+    return ["nsenter", "--target", pid, "--mount", *command]
+
+
+@contextlib.contextmanager
+def private_folder(name: str, path: Path) -> Iterator[None]:
+    """An empty tmpfs over the folder ``path`` on host ``name`` only, for the block; the other
+    hosts, and this machine, keep seeing the shared folder there. Fill it with
+    :func:`in_mounts_of` (``cp``); it and all it holds go with the block."""
+    mount = ["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", "adaact-private", str(path)]
+    subprocess.run(in_mounts_of(name, mount), check=True, capture_output=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run(in_mounts_of(name, ["umount", "--lazy", str(path)]), timeout=30)
 
 
 def processes_of(marker: str, count: int = 2) -> list[int]:

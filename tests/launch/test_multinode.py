@@ -1,5 +1,6 @@
 """Invariant 10, the DeepSpeed hostfile launch: the same 4 ranks over two hosts give the one-host
-result, bit for bit.
+result, bit for bit; and a run directory that is not one directory on both hosts is refused at
+start (node2 given its own folder at the same path), while node-local data is fine.
 
 The hosts are ``.ci/emulated_hosts.sh``'s (network namespaces node1 and node2 with their own
 sshd, address and hostname; see ``tests/launch/hosts.py``). The test launches from node1, as an
@@ -32,6 +33,7 @@ collectives order their sums by rank, not by host (one TCP transport within and 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -83,35 +85,39 @@ def emulated_hosts() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def layouts(emulated_hosts, tmp_path_factory, demo_data) -> dict[str, Launch]:
-    """Both launches, side by side, from node1; the shards are written once beforehand."""
-    from adaact_dist.data.demo_data import ensure_builtin_shards
-
-    ensure_builtin_shards("digits", demo_data, image_size=32, seed=0)  # the demo's own copy
-    folder = tmp_path_factory.mktemp("multinode")
-    environment = folder / "deepspeed_env"  # what pdsh's ranks get beyond PYTHON*
+def ranks_env(folder: Path) -> dict[str, str]:
+    """The launcher's environment, and a ``DS_ENV_FILE`` with what pdsh's ranks get beyond
+    PYTHON*: one thread per rank everywhere."""
+    environment = folder / "deepspeed_env"
     environment.write_text(
         f"OMP_NUM_THREADS=1\nPATH={Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin\n"
     )
-    env = {**launch_env(), "DS_ENV_FILE": str(environment)}  # OMP_NUM_THREADS=1 here too
-    ports = random.sample(range(20000, 40000), 2)  # node1's own namespace: nothing else there
-    layout = {"two_hosts": "node1 slots=2\nnode2 slots=2\n", "one_host": "node1 slots=4\n"}
-    started = {}
-    for (name, lines), port in zip(layout.items(), ports):
-        hostfile, run_dir, log = folder / f"{name}.hosts", folder / name, folder / f"{name}.log"
-        hostfile.write_text(lines)
-        command = hosts.on_host("node1", [
-            DEEPSPEED, "--hostfile", str(hostfile), "--master_addr", "node1",
-            "--master_port", str(port), "launch/train_imagenet.py", "--config", "demo",
-            "--set", f"run.output_dir={run_dir}", f"data.root={demo_data}", *SETTINGS,
-        ])  # fmt: skip
-        with open(log, "w") as out:
-            process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        started[name] = (process, run_dir, log, time.monotonic())
+    return {**launch_env(), "DS_ENV_FILE": str(environment)}  # OMP_NUM_THREADS=1 here too
+
+
+def start_from_node1(
+    folder: Path, name: str, hostfile: str, port: int, env: dict[str, str],
+    run_dir: Path, settings: list[str],
+) -> tuple:  # fmt: skip
+    """The demo launched from node1 over the hosts of ``hostfile`` (its lines), in the
+    background; what :func:`finish_all` waits for."""
+    hostfile_path, log = folder / f"{name}.hosts", folder / f"{name}.log"
+    hostfile_path.write_text(hostfile)
+    command = hosts.on_host("node1", [
+        DEEPSPEED, "--hostfile", str(hostfile_path), "--master_addr", "node1",
+        "--master_port", str(port), "launch/train_imagenet.py", "--config", "demo",
+        "--set", f"run.output_dir={run_dir}", *settings,
+    ])  # fmt: skip
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    return process, run_dir, log, time.monotonic()
+
+
+def finish_all(started: dict[str, tuple]) -> dict[str, Launch]:
+    """Every launch's end (a hung one after ``LAUNCH_TIMEOUT_S``, then ended)."""
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     done = {}
     for name, (process, run_dir, log, began) in started.items():
@@ -121,8 +127,27 @@ def layouts(emulated_hosts, tmp_path_factory, demo_data) -> dict[str, Launch]:
             status = -9  # hung: ended below, reported by the tests with every host's log
         done[name] = Launch(name, run_dir, log, status, time.monotonic() - began)
     for process, run_dir, _, _ in started.values():
-        hosts.end_job(process, str(run_dir))  # nothing of either launch outlives the test
+        hosts.end_job(process, str(run_dir))  # nothing of any launch outlives the test
     return done
+
+
+@pytest.fixture(scope="module")
+def layouts(emulated_hosts, tmp_path_factory, demo_data) -> dict[str, Launch]:
+    """Both launches, side by side, from node1; the shards are written once beforehand."""
+    from adaact_dist.data.demo_data import ensure_builtin_shards
+
+    ensure_builtin_shards("digits", demo_data, image_size=32, seed=0)  # the demo's own copy
+    folder = tmp_path_factory.mktemp("multinode")
+    env = ranks_env(folder)
+    ports = random.sample(range(20000, 40000), 2)  # node1's own namespace: nothing else there
+    layout = {"two_hosts": "node1 slots=2\nnode2 slots=2\n", "one_host": "node1 slots=4\n"}
+    started = {
+        name: start_from_node1(
+            folder, name, lines, port, env, folder / name, [f"data.root={demo_data}", *SETTINGS]
+        )
+        for (name, lines), port in zip(layout.items(), ports)
+    }
+    return finish_all(started)
 
 
 def test_emulated_hosts_script_passes_shellcheck_and_is_executable() -> None:
@@ -221,3 +246,97 @@ def test_two_hosts_reproduce_the_one_host_run_bit_for_bit(layouts) -> None:
             for state in loaded:
                 state["trainer_state"].pop("train_time_s")
         assert differences(*loaded) == [], name
+
+
+# Invariant 10, the run directory: one directory on every host, or no start. Two launches of
+# 2 ranks (one per host) side by side, a few steps of the demo.
+SHORT = [
+    "schedule.warmup_epochs=0", "schedule.warmup_steps=1", "schedule.max_steps=3",
+    "logging.progress_bar=false", "logging.plots=false", "logging.tensorboard=false",
+    "distributed.timeout_s=60",
+]  # fmt: skip
+ONE_RANK_EACH = "node1 slots=1\nnode2 slots=1\n"
+PRIVATE_OUTPUT, PRIVATE_DATA = "output_on_node_local_disks", "data_on_node_local_disks"
+
+
+@dataclass
+class NodeLocal:
+    launches: dict[str, Launch]
+    scratch: Path
+    """Where ``run.output_dir`` of PRIVATE_OUTPUT lies: node2 has a folder of its own there."""
+    node2_scratch: list[str]
+    """What node2's own folder there held after the launch."""
+    local: Path
+    """Where PRIVATE_DATA's shards lie: each host has its own copy there, this machine none."""
+
+
+@pytest.fixture(scope="module")
+def node_local(emulated_hosts, tmp_path_factory, demo_data) -> NodeLocal:
+    """``run.output_dir`` in a folder that node2 has its own of (a tmpfs in its mount
+    namespace, the one its sshd and so its ranks run in), and the data in a folder that each
+    host has its own copy of, the same shards at the same path (``data.builtin=null``: read
+    as they are, never rebuilt); the run directory of the second is shared."""
+    from adaact_dist.data.demo_data import ensure_builtin_shards
+
+    shards = ensure_builtin_shards("digits", demo_data, image_size=32, seed=0)
+    folder = tmp_path_factory.mktemp("node-local")
+    scratch, local = folder / "scratch", folder / "local"
+    scratch.mkdir()
+    local.mkdir()
+    env = ranks_env(folder)
+    ports = random.sample(range(20000, 40000), 2)
+    with contextlib.ExitStack() as private:
+        private.enter_context(hosts.private_folder("node2", scratch))
+        for host in ("node1", "node2"):
+            private.enter_context(hosts.private_folder(host, local))
+            copy = hosts.in_mounts_of(host, ["cp", "-a", str(shards), str(local)])
+            subprocess.run(copy, check=True, timeout=60)
+        copied = local / shards.name
+        settings = {
+            PRIVATE_OUTPUT: (scratch / "run", [f"data.root={demo_data}"]),
+            PRIVATE_DATA: (folder / "run", ["data.builtin=null", f"data.root={copied}"]),
+        }
+        started = {
+            name: start_from_node1(
+                folder, name, ONE_RANK_EACH, port, env, run_dir, [*extra, *SHORT]
+            )
+            for (name, (run_dir, extra)), port in zip(settings.items(), ports)
+        }
+        launches = finish_all(started)
+        listed = subprocess.run(
+            hosts.in_mounts_of("node2", ["ls", "-A", str(scratch)]),
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    return NodeLocal(launches, scratch, listed.stdout.split(), local)
+
+
+def test_a_run_directory_that_node2_has_its_own_of_is_refused_naming_node2(node_local) -> None:
+    launch = node_local.launches[PRIVATE_OUTPUT]
+    run_dir = launch.run_dir
+    assert launch.status == 2, f"{launch.name} ended {launch.status}:\n{launch.logs()}"
+    errors = [line for line in launch.output().splitlines() if "config error:" in line]
+    assert len(errors) == 1, launch.logs()  # one line, from rank 0
+    assert errors[0].startswith(
+        f"node1: config error: Invalid run.output_dir='{run_dir}' in --set "
+        f"run.output_dir={run_dir}: must be one directory that every host sees, but node2 "
+        f"(rank 1) cannot see what rank 0 on node1 wrote into {run_dir}: "
+    ), errors[0]
+    assert "on a shared filesystem" in errors[0] and "not a node-local disk" in errors[0]
+    assert "Traceback" not in launch.output(), launch.logs()
+    assert list(node_local.scratch.iterdir()) == []  # rank 0 removed the folder it made
+    assert node_local.node2_scratch == []  # and node2's ranks wrote nothing in theirs
+
+
+def test_node_local_data_at_the_same_path_on_every_host_trains(node_local) -> None:
+    launch = node_local.launches[PRIVATE_DATA]
+    assert launch.status == 0, f"{launch.name} ended {launch.status}:\n{launch.logs()}"
+    for k, host in enumerate(("node1", "node2")):
+        lines = hosts.per_host(launch.output()).get(host, "")
+        assert f"nnodes=2, num_local_procs=1, node_rank={k}" in lines, launch.logs()
+    summary = json.loads((launch.run_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["world_size"] == 2 and summary["steps"] == 3
+    final = launch.run_dir / "checkpoints" / "step00000003"
+    partitions = sorted(p.name for p in final.glob("*zero_pp_rank_*_optim_states.pt"))
+    assert len(partitions) == 2, partitions  # one from each host, in the shared directory
+    assert not [p for p in launch.run_dir.rglob(".shared-dir-check-*")]  # the marker is gone
+    assert list(node_local.local.iterdir()) == []  # the shards were on the hosts' disks only

@@ -185,9 +185,10 @@ def test_deepspeed_config_is_generated_from_the_config():
         ["distributed.deepspeed_extra={data_types: {grad_accum_dtype: fp32}}"],
     ):
         normed = load_config("demo", needs_norm)
-        assert "compute_grad_norm" not in deepspeed_config(
-            normed, make_plan(normed, world_size=2)
-        )["zero_optimization"]
+        assert (
+            "compute_grad_norm"
+            not in deepspeed_config(normed, make_plan(normed, world_size=2))["zero_optimization"]
+        )
     clash = load_config("demo", ["distributed.deepspeed_extra={train_batch_size: 7}"])
     with pytest.raises(ConfigValueError, match="free of 'train_batch_size'"):
         deepspeed_config(clash, make_plan(clash, world_size=2))
