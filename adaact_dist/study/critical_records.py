@@ -9,6 +9,7 @@ import io
 import tarfile
 from pathlib import Path
 
+from adaact_dist.study.runner import FINAL_STATES, run_state
 from adaact_dist.train.noise_scale import NOISE_CSV
 
 RECORD_FILES = ("summary.json", "config.yaml", "starts.jsonl", "plan.json", "eval.csv", NOISE_CSV)
@@ -17,14 +18,17 @@ FOLDERS = ("runs", "noise-runs")
 
 
 def pack_records(out: Path, archive: Path) -> int:
-    """Write the records under ``out`` to ``archive`` (tar.gz, names relative to ``out``, in
-    sorted order with fixed owners and times, so that the same records give the same bytes);
-    return how many files it holds."""
+    """Write the ended runs' records under ``out`` to ``archive`` (tar.gz, names relative to
+    ``out``, sorted, with fixed owners and times: the same records give the same bytes);
+    return how many files it holds. An unfinished run is left out: unpacked without its
+    checkpoints it would resume from a record that its start does not match."""
     files = sorted(
         path
         for folder in FOLDERS
         for path in (out / folder).rglob("*")
-        if path.name in RECORD_FILES and path.is_file()
+        if path.name in RECORD_FILES
+        and path.is_file()
+        and run_state(path.parent) in FINAL_STATES  # an unfinished run resumes from scratch
     )
     archive.parent.mkdir(parents=True, exist_ok=True)
     with (

@@ -24,6 +24,7 @@ from adaact_dist.study.critical_batch import (
     next_lr,
     step_budget,
 )
+from adaact_dist.study.critical_records import pack_records
 from adaact_dist.study.critical_results import (
     CRITICAL_FIELDS,
     NOISE_FIELDS,
@@ -130,6 +131,17 @@ def test_more_seeds_from_a_batch_size_up(tmp_path):
     assert [cells[b].seeds for b in (128, 256, 2048)] == [2, 3, 3]
     assert cells[2048].extra_lrs == (4.0, 8.0) and cells[128].extra_lrs == ()
     assert plan.seeds.describe() == "2 seed(s), 3 from batch 256 up"
+
+
+def test_records_leave_out_runs_that_have_not_ended(tmp_path):
+    unfinished = tmp_path / "runs" / "digits" / "adaact" / "b64" / "lr0.4-s0"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.yaml").write_text("run: {}\n")
+    (unfinished / "eval.csv").write_text("step\n")
+    archive = tmp_path / "records.tar.gz"
+    assert pack_records(tmp_path, archive) == 0
+    with tarfile.open(archive) as tar:
+        assert tar.getnames() == []
 
 
 def _rows(path: Path) -> tuple[list[str], list[dict]]:
