@@ -5,6 +5,8 @@
 Every comparison is interleaved within one run (the machines are noisy) and reported
 as the median of ``--repeats`` measurements. The "unfold" row reproduces how the
 published AdaAct code takes convolution statistics (im2col patches), as the anchor.
+A second table counts the profiler's events in one ``foreach=True`` step (deterministic,
+unlike times) and gives that path's memory, which includes its dense copy of ``D``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from adaact_dist import AdaAct
 from adaact_dist._machine import cpu_name
@@ -101,11 +104,25 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
             b.numel() * b.element_size()
             for b in (table.second_moment, table.precond, table.pending_sum)
         )
+        total += sum(plan.nbytes for plan in optimizer._plans.values())  # the dense D
     return total
 
 
-def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int]]:
-    """Median ``optimizer.step()`` seconds and state bytes for AdaAct, SGD, AdamW (foreach)."""
+def step_ops(optimizer: AdaAct) -> tuple[int, int]:
+    """Profiler events in one ``step()``: the ops it dispatches itself (on a GPU, a multi-tensor
+    op over dense lists is one launch per chunk), and all ``aten::`` events (on CPU these also
+    count each multi-tensor op's loop over its tensors)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        optimizer.step()
+    events = prof.events()
+    (step,) = [e for e in events if e.name.startswith("Optimizer.step#")]
+    dispatched = sum(e.cpu_parent is step for e in events)
+    return dispatched, sum(e.name.startswith("aten::") for e in events)
+
+
+def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int], tuple]:
+    """Median ``optimizer.step()`` seconds and state bytes for AdaAct, SGD, AdamW (foreach),
+    and the events of one AdaAct ``foreach=True`` step (:func:`step_ops`)."""
 
     def groups():
         return timm.optim.param_groups_weight_decay(model, weight_decay=1e-4)
@@ -120,11 +137,14 @@ def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int]
     pending = adaact._table.pending_sum.clone()
     counts = [layer.pending_count for layer in adaact.layers]
 
+    def restore_statistics(optimizer):
+        optimizer._table.pending_sum.copy_(pending)
+        for layer, count in zip(optimizer.layers, counts):
+            layer.pending_count = count
+
     def adaact_step(optimizer):
         def fn():
-            optimizer._table.pending_sum.copy_(pending)
-            for layer, count in zip(optimizer.layers, counts):
-                layer.pending_count = count
+            restore_statistics(optimizer)
             start = time.perf_counter()
             optimizer.step()
             return time.perf_counter() - start
@@ -148,13 +168,16 @@ def bench_step(model, x, repeats: int) -> tuple[dict[str, float], dict[str, int]
     with torch.no_grad():
         snapshot = [p.detach().clone() for p in model.parameters()]
     medians = interleaved_medians(variants, repeats, warmup=1)
+    restore_statistics(adaact_foreach)
+    ops = step_ops(adaact_foreach)
     with torch.no_grad():
         for p, saved in zip(model.parameters(), snapshot):
             p.copy_(saved)
     adaact.remove_hooks()
     sizes = {"AdaAct": state_bytes(adaact), "AdamW": state_bytes(adamw)}
     sizes["SGD momentum"] = state_bytes(sgd)
-    return medians, sizes
+    sizes["AdaAct foreach"] = state_bytes(adaact_foreach)
+    return medians, sizes, ops
 
 
 def bench_build(model, repeats: int) -> dict[str, float]:
@@ -197,6 +220,11 @@ def main() -> None:
         "| state AdaAct/AdamW | build model= / found (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    op_lines = [
+        "| model | step foreach: ops dispatched by step() | all aten:: events "
+        "| state foreach/AdamW |",
+        "|---|---|---|---|",
+    ]
     for name, channels_last in (
         ("resnet50", False),
         ("resnet50", True),
@@ -209,7 +237,7 @@ def main() -> None:
             x = x.to(memory_format=torch.channels_last)
             name += " (channels_last input)"
         fb = bench_forward_backward(model, x, args.repeats)
-        step, sizes = bench_step(model, x, args.step_repeats)
+        step, sizes, (dispatched, events) = bench_step(model, x, args.step_repeats)
         builds = bench_build(model, args.repeats)
         base = fb["no hooks"]
         row = (
@@ -226,7 +254,12 @@ def main() -> None:
         )
         print(row, flush=True)
         lines.append(row)
-    text = "\n".join(lines) + "\n"
+        foreach_state = sizes["AdaAct foreach"]
+        op_lines.append(
+            f"| {name} | {dispatched} | {events} | {foreach_state / sizes['AdamW']:.3f}x "
+            f"({foreach_state / 2**20:.1f} / {sizes['AdamW'] / 2**20:.1f} MiB) |"
+        )
+    text = "\n".join([*lines, "", *op_lines]) + "\n"
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -13,6 +12,7 @@ from torch.optim import Optimizer
 from adaact_dist.optim import _state_keys as keys
 from adaact_dist.optim._capture import DirectCallCapture
 from adaact_dist.optim._discovery import find_model
+from adaact_dist.optim._foreach_plan import ForeachPlan, GroupLists
 from adaact_dist.optim._fragments import (
     BIAS,
     OTHER,
@@ -28,27 +28,6 @@ from adaact_dist.optim._layers import PreconditionedLayer, find_layers, unwrap_m
 OTHER_RULES = ("sgd", "sgd_momentum")
 # Below this mean tensor size the CPU multi-tensor kernels beat a per-tensor loop.
 _CPU_FOREACH_MAX_MEAN_NUMEL = 1 << 16
-
-
-@dataclass
-class _GroupLists:
-    """One group's update as parallel lists: preconditioned tensors, then the others."""
-
-    params: list[Tensor] = field(default_factory=list)
-    grads: list[Tensor] = field(default_factory=list)
-    exp_avgs: list[Tensor] = field(default_factory=list)
-    preconds: list[Tensor] = field(default_factory=list)
-    steps: list[int] = field(default_factory=list)
-    others: list[Tensor] = field(default_factory=list)
-    other_grads: list[Tensor] = field(default_factory=list)
-    other_buffers: list[Tensor] = field(default_factory=list)
-
-    def add(self, param: Tensor, grad: Tensor, exp_avg: Tensor, precond: Tensor, step: int):
-        self.params.append(param)
-        self.grads.append(grad)
-        self.exp_avgs.append(exp_avg)
-        self.preconds.append(precond)
-        self.steps.append(step)
 
 
 class StatsDistributor(Protocol):
@@ -113,8 +92,10 @@ class AdaAct(Optimizer):
             are not preconditioned.
         other_momentum: momentum of ``"sgd_momentum"``.
         foreach: use multi-tensor kernels; ``None`` picks them for GPU tensors and, on
-            CPU, for lists of small tensors only: large ones measured faster in a
-            per-tensor loop (``benchmarks/optimizer_core.md``).
+            CPU, for groups of small tensors only: large ones measured faster in a
+            per-tensor loop (``benchmarks/optimizer_core.md``). That path keeps ``D``
+            written out per element (as much memory as ``exp_avg``) so that each
+            multi-tensor op covers a whole group in one launch.
     """
 
     def __init__(
@@ -152,6 +133,8 @@ class AdaAct(Optimizer):
         self._stats_step = 0
         self._folded = False  # this step's statistics are in V already
         self._flat: dict[int, tuple[Tensor, list[Piece]]] = {}
+        self._plans: dict[int, ForeachPlan] = {}  # by id of the group, for the foreach path
+        self._precond_version = 0  # counts the changes of D, which the plans copy
         self._bind_layers(model)
         self._table.register_hooks()
         self._capture = DirectCallCapture(self._table)
@@ -241,6 +224,7 @@ class AdaAct(Optimizer):
             flat, list(fragments), self._roles, self._layer_index, self._known
         )
         self._flat[id(flat)] = (flat, pieces)
+        self._plans.clear()
 
     def unmapped_tensors(self) -> list[Tensor]:
         """Tensors in ``param_groups`` that AdaAct was not given and that no one mapped."""
@@ -289,6 +273,7 @@ class AdaAct(Optimizer):
             layer.precond.copy_(entry[keys.PRECOND].view(-1))
             layer.step = int(entry[keys.LAYER_STEP])
         self._stats_step = int(stats[keys.SYNC_STEP])
+        self._precond_version += 1
         self.drop_pending_statistics()
 
     def drop_pending_statistics(self) -> None:
@@ -311,7 +296,11 @@ class AdaAct(Optimizer):
         self.update_preconditioner()
         momentum = self.other_momentum if self.other_rule == "sgd_momentum" else 0.0
         for group in self.param_groups:
-            lists = self._init_group(group, momentum)
+            foreach = self._use_foreach(group)
+            if foreach:
+                lists = self._foreach_lists(group, momentum)
+            else:
+                lists = self._init_group(group, momentum)
             adaact(
                 lists.params,
                 lists.grads,
@@ -321,7 +310,7 @@ class AdaAct(Optimizer):
                 lr=group["lr"],
                 beta1=group["betas"][0],
                 weight_decay=group["weight_decay"],
-                foreach=self._use_foreach(lists.params),
+                foreach=foreach,
             )
             sgd(
                 lists.others,
@@ -330,7 +319,7 @@ class AdaAct(Optimizer):
                 lr=group["lr"],
                 momentum=momentum,
                 weight_decay=group["weight_decay"],
-                foreach=self._use_foreach(lists.others),
+                foreach=foreach,
             )
         return loss
 
@@ -394,6 +383,7 @@ class AdaAct(Optimizer):
                 beta2=beta2,
                 eps=eps,
             )
+        self._precond_version += 1
 
     def _by_group_value(self, indices, value_of):
         """Split layer indices by a hyperparameter of their group, for foreach calls."""
@@ -419,35 +409,61 @@ class AdaAct(Optimizer):
                         "with map_flat_tensor())."
                     )
 
-    def _init_group(self, group: dict[str, Any], momentum: float) -> _GroupLists:
-        """The parallel lists of one group's update, creating state lazily (as torch's Adam).
+    def _role(self, param: Tensor) -> tuple[str | None, PreconditionedLayer | None]:
+        """A model parameter's role and layer; ``(None, None)`` for a mapped flat tensor."""
+        if id(param) in self._flat:
+            return None, None
+        return self._roles.get(id(param), (OTHER, None))
+
+    def _state_of(self, param: Tensor, momentum: float) -> dict[str, Tensor]:
+        """The state of ``param``, created on its first step (as torch's Adam): ``exp_avg`` and
+        ``step`` where elements are preconditioned (a flat tensor's ``exp_avg`` also holds the
+        momentum of its other elements), a momentum buffer for the other rule's parameters."""
+        state = self.state[param]
+        if self._role(param)[0] == OTHER:
+            if momentum and keys.MOMENTUM_BUFFER not in state:
+                state[keys.MOMENTUM_BUFFER] = torch.zeros_like(param)
+        elif not state:
+            state[keys.STEP] = torch.tensor(0.0)
+            state[keys.EXP_AVG] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+    def _foreach_lists(self, group: dict[str, Any], momentum: float) -> GroupLists:
+        """The group's lists from its :class:`ForeachPlan`, built again when its tensors (their
+        storage, their state) changed, its dense ``D`` refreshed when ``D`` changed."""
+        tensors = [p for p in group["params"] if p.grad is not None]
+        for param in tensors:
+            self._state_of(param, momentum)
+        plan = self._plans.pop(id(group), None)
+        if plan is None or plan.key != ForeachPlan.key_of(tensors, self.state):
+            plan = None  # frees the old plan's dense D before the new one is allocated
+            plan = ForeachPlan(tensors, self.state, self._roles, self._flat, self.layers, momentum)
+        self._plans[id(group)] = plan
+        plan.refresh(self._table.precond, 1.0 / (1.0 + group["eps"]), self._precond_version)
+        return plan.step_lists()
+
+    def _init_group(self, group: dict[str, Any], momentum: float) -> GroupLists:
+        """The for-loop path's lists of one group's update, built anew each step.
 
         A model parameter joins them whole (a weight viewed as ``(groups, rows, ...)`` so
         that ``D`` broadcasts over its rows); a flat tensor an engine put in its place joins
         as the views of its pieces. Preconditioned elements get ``exp_avg`` and ``step``;
-        the others follow ``other_rule``, with a momentum buffer of their own (a flat
-        tensor's ``exp_avg`` holds it for its elements).
+        the others follow ``other_rule``.
         """
-        lists = _GroupLists()
+        lists = GroupLists()
         # The bias column reads a constant 1, so V-hat is exactly 1 and D is one number.
         bias_preconds: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         for param in group["params"]:
             if param.grad is None:
                 continue
-            mapped = id(param) in self._flat  # a flat tensor of an engine's, described by pieces
-            role, layer = (None, None) if mapped else self._roles.get(id(param), (OTHER, None))
-            state = self.state[param]
+            role, layer = self._role(param)
+            state = self._state_of(param, momentum)
             if role == OTHER:
                 lists.others.append(param)
                 lists.other_grads.append(param.grad)
                 if momentum:
-                    if keys.MOMENTUM_BUFFER not in state:
-                        state[keys.MOMENTUM_BUFFER] = torch.zeros_like(param)
                     lists.other_buffers.append(state[keys.MOMENTUM_BUFFER])
                 continue
-            if not state:
-                state[keys.STEP] = torch.tensor(0.0)
-                state[keys.EXP_AVG] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state[keys.STEP] += 1
             step = int(state[keys.STEP].item())
             where = (param.device, param.dtype)
@@ -456,7 +472,7 @@ class AdaAct(Optimizer):
                     (), 1.0 / (1.0 + group["eps"]), dtype=param.dtype, device=param.device
                 )
             bias_precond = bias_preconds[where]
-            if mapped:
+            if role is None:  # a flat tensor of an engine's, described by pieces
                 self._add_pieces(lists, param, state[keys.EXP_AVG], step, bias_precond, momentum)
             elif role == WEIGHT:
                 rows = (layer.groups, -1)
@@ -475,7 +491,7 @@ class AdaAct(Optimizer):
 
     def _add_pieces(
         self,
-        lists: _GroupLists,
+        lists: GroupLists,
         flat: Tensor,
         exp_avg: Tensor,
         step: int,
@@ -510,17 +526,20 @@ class AdaAct(Optimizer):
                 step,
             )
 
-    def _use_foreach(self, tensors: list[Tensor]) -> bool:
+    def _use_foreach(self, group: dict[str, Any]) -> bool:
         """The flag, or by measurement: multi-tensor kernels on GPUs; on CPU, where they are
-        C++ loops, only for many small tensors (ZeRO pieces, biases, norms), since large ones
-        measured faster one by one (``benchmarks/optimizer_core.md``)."""
+        C++ loops, only for groups of small tensors (ZeRO pieces, biases, norms), since large
+        ones measured faster one by one (``benchmarks/optimizer_core.md``)."""
         if self.foreach is not None:
             return self.foreach
+        tensors = [p for p in group["params"] if p.grad is not None]
         if not tensors:
             return False
         if tensors[0].device.type != "cpu":
             return True
-        return sum(t.numel() for t in tensors) < _CPU_FOREACH_MAX_MEAN_NUMEL * len(tensors)
+        sizes = [t.numel() for t in tensors if id(t) not in self._flat]
+        sizes += [p.numel for t in tensors if id(t) in self._flat for p in self._flat[id(t)][1]]
+        return sum(sizes) < _CPU_FOREACH_MAX_MEAN_NUMEL * len(sizes)
 
 
 def _check_options(
@@ -560,7 +579,9 @@ def _remember_group_positions(optimizer: AdaAct, state_dict: dict[str, Any]) -> 
 
 
 def _follow_new_groups(optimizer: AdaAct) -> None:
+    """Point layers at the new group dicts; the plans of the old ones hold stale state."""
     optimizer._layer_groups = [optimizer.param_groups[i] for i in optimizer._layer_group]
+    optimizer._plans.clear()
 
 
 def _save_statistics(optimizer: AdaAct, state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ no fragment covers (alignment padding) is never touched.
 Each fragment is compiled once into at most five *pieces*: reshaped views of the flat
 tensor whose elements read one block of ``D``, so that the update is the same
 :func:`~adaact_dist.optim._functional.adaact` call as for whole parameters, over views.
-Only these integer descriptions persist between steps; the views are rebuilt per step.
+The for-loop path rebuilds the views every step from these integer descriptions; the
+foreach path keeps them, with ``D`` written out per element (``_foreach_plan``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from adaact_dist.optim._layers import PreconditionedLayer
@@ -67,9 +69,8 @@ def weight_pieces(
     Whole rows are split further at group boundaries: rows of one group share ``D[g]``,
     a block of whole groups reads ``D[g : g + k]`` broadcast over each group's rows.
     """
-    weight = layer.weight
-    row = weight[0].numel()
-    rows_per_group = weight.shape[0] // layer.groups
+    row = layer.row
+    rows_per_group = layer.weight.shape[0] // layer.groups
     pieces: list[Piece] = []
     pos, end, at = param_offset, param_offset + numel, flat_offset
 
@@ -102,14 +103,23 @@ def weight_pieces(
 
 def precond_view(piece: Piece, layer_precond: Tensor, layer: PreconditionedLayer) -> Tensor:
     """The block of ``D`` that ``piece`` reads, broadcast to ``piece.shape`` (no copy)."""
-    row = layer.weight[0].numel()
-    grid = layer_precond.view(layer.groups, row)
+    grid = layer_precond.view(layer.groups, layer.row)
     block = grid[piece.group : piece.group + piece.groups, piece.col : piece.col + piece.cols]
     if len(piece.shape) == 1:
         return block[0]
     if len(piece.shape) == 2:
         return block[0].expand(piece.shape)
     return block.unsqueeze(1).expand(piece.shape)
+
+
+def piece_rows(piece: Piece, layer: PreconditionedLayer) -> tuple[Tensor, Tensor]:
+    """A weight piece as rows of positions in the flat table of ``D``: the distinct rows it
+    reads, and for each of its rows which one (a partial row counts as rows of one element)."""
+    positions = layer.table_positions()
+    block = positions[piece.group : piece.group + piece.groups, piece.col : piece.col + piece.cols]
+    if len(piece.shape) == 1:
+        return block.reshape(-1, 1), torch.arange(piece.numel)
+    return block, torch.arange(len(block)).repeat_interleave(piece.numel // block.numel())
 
 
 def compile_fragments(

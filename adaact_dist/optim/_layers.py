@@ -7,6 +7,7 @@ is what makes the distributed sync a single collective.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -56,6 +57,16 @@ class PreconditionedLayer:
     @property
     def numel(self) -> int:
         return int(torch.Size(self.feature_shape).numel())
+
+    @property
+    def row(self) -> int:
+        """Elements in one row of the weight: the features one output reads."""
+        return math.prod(self.weight.shape[1:])
+
+    def table_positions(self) -> Tensor:
+        """Where each feature sits in the flat per-feature buffers (``V``, ``D``), laid out as
+        the rows of ``D``: shape ``(groups, row)``."""
+        return torch.arange(self.offset, self.offset + self.numel).view(self.groups, self.row)
 
     def precond_for_weight(self) -> Tensor:
         """``D`` broadcast over the rows of each group: shape ``(groups, rows, *w.shape[1:])``."""

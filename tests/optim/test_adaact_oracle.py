@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from adaact_dist import AdaAct
 from tests.optim.models import GroupedCNN, TokenMLP
@@ -98,15 +99,54 @@ def test_low_precision_steps_follow_the_float64_oracle(name, dtype, tolerance, d
     assert max_relative_error(reference, make_model(name, device=device)) > 1e-3
 
 
-def test_foreach_and_loop_paths_agree(device):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_foreach_and_loop_paths_agree(device, memory_format):
+    """Also for channels_last weights, whose rows the foreach path's dense D must follow."""
     runs = []
     for foreach in (False, True):
-        model = make_model("cnn", device=device)
+        model = make_model("cnn", device=device).to(memory_format=memory_format)
         optimizer = AdaAct(
             two_groups(model), model=model, foreach=foreach, other_rule="sgd_momentum"
         )
         for x, y in batches("cnn", steps=4, device=device):
             F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        runs.append(model)
+    assert max_relative_error(*runs) < 1e-12
+
+
+def test_foreach_steps_a_weight_stored_transposed_like_the_loop():
+    """Its rows are not contiguous in memory: the foreach path's dense D is then contiguous,
+    which costs that tensor the multi-tensor fast route, not exactness."""
+    runs = []
+    for foreach in (False, True):
+        model = make_model("mlp")
+        model.embed.weight = nn.Parameter(model.embed.weight.detach().t().contiguous().t())
+        optimizer = AdaAct(two_groups(model), model=model, foreach=foreach)
+        for x, y in batches("mlp", steps=3):
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        runs.append(model)
+    assert runs[1].embed.weight.stride() == (1, 10)
+    assert max_relative_error(*runs) < 1e-12
+
+
+def test_foreach_lists_follow_changes_between_steps():
+    """A gradient missing for a step, a state loaded mid-run, ``D`` refreshed every other
+    step: the foreach path keeps its lists between steps and must follow all three."""
+    runs = []
+    for foreach in (False, True):
+        model = make_model("cnn")
+        optimizer = AdaAct(two_groups(model), model=model, foreach=foreach, stats_sync_every=2)
+        for step, (x, y) in enumerate(batches("cnn", steps=6)):
+            if step == 3:
+                optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+            F.cross_entropy(model(x), y).backward()
+            if step == 2:
+                model.head.bias.grad = None
+                model.features[0].weight.grad = None
             optimizer.step()
             optimizer.zero_grad()
         runs.append(model)

@@ -70,12 +70,13 @@ def step_sharded(optimizer, shards, group_by_group: bool) -> None:
 @pytest.mark.parametrize("parts", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("name", ["cnn", "mlp"])
 @pytest.mark.parametrize("group_by_group", [False, True])
-def test_flat_slices_match_whole_parameters(name, parts, group_by_group):
+@pytest.mark.parametrize("foreach", [False, True])
+def test_flat_slices_match_whole_parameters(name, parts, group_by_group, foreach):
     rule = "sgd_momentum" if parts % 2 else "sgd"
     model = make_model(name)
     reference = copy.deepcopy(model)
     kwargs = dict(stats_sync_every=2, other_rule=rule)
-    optimizer = AdaAct(two_groups(model), model=model, **kwargs)
+    optimizer = AdaAct(two_groups(model), model=model, foreach=foreach, **kwargs)
     expected = AdaAct(two_groups(reference), model=reference, **kwargs)
     shards = shard(optimizer, parts)
     for x, y in batches(name, steps=5):
