@@ -3,8 +3,9 @@
 On a GPU every ``.item()``, ``.tolist()``, ``bool()`` or ``float()`` of a device tensor waits for
 the device. A real trainer (ZeRO 0, 1 and 2, two micro-batches per step) runs one step with
 those reads recorded, beside its backward passes. AdaAct's step counters are not reads of the
-device: they are CPU tensors whatever the device, as torch.optim's are, and are told apart by
-identity. (fp16's dynamic loss scaling adds DeepSpeed's overflow check: one more read.)
+device: they are CPU tensors whatever the device, as torch.optim's are (checked), and reads
+made by AdaAct's own code are left out. (fp16's dynamic loss scaling adds DeepSpeed's overflow
+check: one more read.)
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from adaact_dist.train.config_io import load_config
 from adaact_dist.train.trainer import Trainer
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__")
-events, counters = [], set()
+events = []
 originals = {name: getattr(torch.Tensor, name) for name in READS}
+
+def from_adaact_optim():  # whether the innermost project frame is AdaAct's (its step counts)
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if "adaact_dist" in path and "site-packages" not in path:
+            return "adaact_dist/optim/" in path
+        frame = frame.f_back
+    return False
 
 def recording(name):
     def read(self, *args, **kwargs):
-        if id(self) not in counters:
+        if not from_adaact_optim():
             events.append(name)
         return originals[name](self, *args, **kwargs)
     return read
@@ -35,7 +45,8 @@ for stage, path in zip((0, 1, 2), sys.argv[1:]):
     trainer = Trainer(load_config(path))
     batches = trainer._batches(0)
     trainer.train_step(batches)  # the first step creates the optimizer's state
-    counters = {id(s["step"]) for s in trainer.optimizer.state.values() if "step" in s}
+    steps = [s["step"] for s in trainer.optimizer.state.values() if "step" in s]
+    assert steps and all(step.device.type == "cpu" for step in steps)
     backward = trainer.engine.backward
     def logged_backward(*args, **kwargs):
         events.append("backward")
