@@ -11,7 +11,7 @@ import torch
 
 from adaact_dist.study import cli as compare_cli
 from adaact_dist.study import critical_cli
-from adaact_dist.study.critical_batch import Plan
+from adaact_dist.study.critical_batch import Plan, SeedRule
 from adaact_dist.study.plotting import optimizer_color
 from adaact_dist.study.recipes import study_specs
 from adaact_dist.train import ConfigError, load_config
@@ -93,7 +93,7 @@ def test_studies_know_a_registered_optimizer(rmsprop, tmp_path):
         task="digits",
         optimizers=["rmsprop"],
         batch_sizes=[64, 256],
-        seeds=1,
+        seeds=SeedRule(1),
         target=90.0,
         max_steps=100,
     )
