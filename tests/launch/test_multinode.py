@@ -160,10 +160,13 @@ def test_emulated_hosts_script_passes_shellcheck_and_is_executable() -> None:
 
 
 def test_emulated_hosts_script_says_why_it_cannot_start_and_exits_0_without_root() -> None:
-    command = ["bash", str(hosts.SCRIPT), "start", "2"]
+    # The script on standard input: the unprivileged user may not read a private checkout.
+    command = ["bash", "-s", "start", "2"]
     if os.geteuid() == 0:
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        command, input=hosts.SCRIPT.read_text(), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "not root" in result.stderr, result.stderr
 
 
